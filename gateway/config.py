@@ -1,0 +1,535 @@
+"""Configuration: YAML files -> one immutable `GatewayConfig`.
+
+Every mistake is collected (not just the first) as a `Problem` naming the
+file, the provider and the field, so that `gateway check` can list them all
+and a reload can be rejected with one clear message. Secrets are *not*
+resolved here: fields that hold them keep a `SecretRef` (the text as written),
+which `gateway.secrets` turns into plain text when a snapshot is built.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yarl import URL
+
+DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
+DEFAULT_LISTEN = "127.0.0.1:8080"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+PROVIDER_TYPES = ("custom", "openai")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Headers the gateway owns: letting config set them would break forwarding.
+RESERVED_HEADERS = frozenset(
+    {"authorization", "host", "content-length", "transfer-encoding", "connection"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in the configuration, located as precisely as possible."""
+
+    file: str
+    message: str
+    provider: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.provider:
+            where += f": provider '{self.provider}'"
+        if self.field:
+            where += f": field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists every mistake found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A secret as written in config (`sealed:v1:...`, `env:NAME` or plain text).
+
+    `scope` is what the value is bound to (provider name, `auth`, `admin`).
+    The repr never shows the text: it may be plain text.
+    """
+
+    text: str = field(repr=False)
+    scope: str
+    file: str
+    field: str
+    provider: str | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.text.startswith("sealed:"):
+            return "sealed"
+        if self.text.startswith("env:"):
+            return "env"
+        return "plain"
+
+    def __repr__(self) -> str:
+        return f"SecretRef(kind={self.kind!r}, scope={self.scope!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-provider upstream timeouts, in seconds.
+
+    Defaults are generous because LLMs can think for minutes before the first
+    byte of a non-streamed answer.
+    """
+
+    connect: float = 10.0
+    first_byte: float = 600.0
+    idle: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    provider_type: str
+    base_url: str
+    api_key: SecretRef | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    models: tuple[str, ...] | None = None
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = 100
+    source: str = "config"  # "config" (main file) or "store" (an include fragment)
+    file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    api_keys: tuple[SecretRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    token: SecretRef
+    writable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsSettings:
+    cache_ttl: float = 30.0
+    fetch_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    path: Path
+    listen_host: str
+    listen_port: int
+    include: Path | None
+    seal_key_file: Path | None
+    auth: AuthConfig | None
+    admin: AdminConfig | None
+    providers: tuple[ProviderConfig, ...]
+    limits: Limits = Limits()
+    models: ModelsSettings = ModelsSettings()
+    files: tuple[Path, ...] = ()  # every file read, for the reload watcher
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        return None
+
+
+# --------------------------------------------------------------------------
+# Parsing
+
+
+TOP_KEYS = {"listen", "include", "seal_key_file", "auth", "admin", "providers", "limits", "models"}
+PROVIDER_KEYS = {
+    "name",
+    "provider_type",
+    "base_url",
+    "api_key",
+    "headers",
+    "models",
+    "timeouts",
+    "max_connections",
+}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` -> (host, port); ValueError if malformed."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+    host, _, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # raises ValueError
+    if not host:
+        host = "0.0.0.0"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number between 0 and 65535")
+    if not re.match(r"^[A-Za-z0-9.:_-]+$", host):
+        raise ValueError(f"host {host!r} is not a valid host name or address")
+    return host, int(port_text)
+
+
+class _Parser:
+    """Collects problems while turning raw YAML data into dataclasses."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def problem(self, file: Path | str, message: str, provider=None, field=None) -> None:
+        self.problems.append(Problem(str(file), message, provider, field))
+
+    def unknown_keys(self, data: Mapping, allowed: set[str], file, provider=None, prefix=""):
+        for key in data:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                self.problem(
+                    file, f"unknown key (known keys: {known})", provider, f"{prefix}{key}"
+                )
+
+    # -- pieces ---------------------------------------------------------------
+
+    def secret(self, value, *, file, field, scope, provider=None) -> SecretRef | None:
+        if not isinstance(value, str) or not value:
+            self.problem(file, "must be a non-empty string", provider, field)
+            return None
+        if value.startswith("env:") and not re.match(r"^env:[A-Za-z_][A-Za-z0-9_]*$", value):
+            self.problem(file, "env: must be followed by a variable name", provider, field)
+            return None
+        return SecretRef(value, scope, str(file), field, provider)
+
+    def number(self, value, *, file, field, provider=None, minimum=0.0, integer=False):
+        ok_type = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_type) or value <= minimum:
+            kind = "an integer" if integer else "a number"
+            self.problem(file, f"must be {kind} greater than {minimum:g}", provider, field)
+            return None
+        return value
+
+    def provider(self, raw, file: Path, source: str, index: int) -> ProviderConfig | None:
+        label = f"providers[{index}]" if source == "config" else None
+        if not isinstance(raw, Mapping):
+            self.problem(file, "a provider must be a mapping", label)
+            return None
+        name = raw.get("name")
+        before = len(self.problems)
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            self.problem(
+                file,
+                "required: a slug of lowercase letters, digits, '-' and '_' (max 63)",
+                label if name is None else str(name),
+                "name",
+            )
+            pname = label or "?"
+        else:
+            pname = name
+        self.unknown_keys(raw, PROVIDER_KEYS, file, pname)
+
+        ptype = raw.get("provider_type", "custom")
+        if ptype not in PROVIDER_TYPES:
+            self.problem(
+                file,
+                f"unknown provider_type {ptype!r} (known: {', '.join(PROVIDER_TYPES)})",
+                pname,
+                "provider_type",
+            )
+        base_url = raw.get("base_url")
+        if base_url is None and ptype == "openai":
+            base_url = OPENAI_BASE_URL
+        if base_url is None:
+            self.problem(file, "required for provider_type custom", pname, "base_url")
+        else:
+            base_url = self.base_url(base_url, file, pname)
+
+        api_key = None
+        if raw.get("api_key") is not None:
+            api_key = self.secret(
+                raw["api_key"], file=file, field="api_key", scope=pname, provider=pname
+            )
+
+        headers: list[tuple[str, str]] = []
+        raw_headers = raw.get("headers") or {}
+        if not isinstance(raw_headers, Mapping):
+            self.problem(file, "must be a mapping of header name to value", pname, "headers")
+        else:
+            for hname, hvalue in raw_headers.items():
+                fname = f"headers.{hname}"
+                if not isinstance(hname, str) or not HEADER_NAME_RE.match(hname):
+                    self.problem(file, "not a valid HTTP header name", pname, fname)
+                elif hname.lower() in RESERVED_HEADERS:
+                    self.problem(file, "set by the gateway; cannot be configured", pname, fname)
+                elif not isinstance(hvalue, (str, int, float)) or isinstance(hvalue, bool):
+                    self.problem(file, "must be a string", pname, fname)
+                elif "\n" in str(hvalue) or "\r" in str(hvalue):
+                    self.problem(file, "must not contain line breaks", pname, fname)
+                else:
+                    headers.append((hname, str(hvalue)))
+
+        models = None
+        if raw.get("models") is not None:
+            raw_models = raw["models"]
+            if not isinstance(raw_models, list) or not all(
+                isinstance(m, str) and m for m in raw_models
+            ):
+                self.problem(file, "must be a list of model names", pname, "models")
+            else:
+                models = tuple(dict.fromkeys(raw_models))
+
+        timeouts = Timeouts()
+        raw_timeouts = raw.get("timeouts")
+        if raw_timeouts is not None:
+            if not isinstance(raw_timeouts, Mapping):
+                self.problem(file, "must be a mapping", pname, "timeouts")
+            else:
+                allowed = {"connect", "first_byte", "idle"}
+                self.unknown_keys(raw_timeouts, allowed, file, pname, "timeouts.")
+                values = {}
+                for key in allowed & raw_timeouts.keys():
+                    v = self.number(
+                        raw_timeouts[key], file=file, field=f"timeouts.{key}", provider=pname
+                    )
+                    if v is not None:
+                        values[key] = float(v)
+                timeouts = Timeouts(**values)
+
+        max_conn = raw.get("max_connections", 100)
+        max_conn = self.number(
+            max_conn, file=file, field="max_connections", provider=pname, integer=True
+        )
+
+        if len(self.problems) > before:
+            return None
+        return ProviderConfig(
+            name=pname,
+            provider_type=ptype,
+            base_url=base_url,
+            api_key=api_key,
+            headers=tuple(headers),
+            models=models,
+            timeouts=timeouts,
+            max_connections=max_conn,
+            source=source,
+            file=str(file),
+        )
+
+    def base_url(self, value, file, pname) -> str | None:
+        if not isinstance(value, str) or not value:
+            self.problem(file, "must be a URL string", pname, "base_url")
+            return None
+        try:
+            url = URL(value)
+        except ValueError as exc:
+            self.problem(file, f"not a valid URL: {exc}", pname, "base_url")
+            return None
+        if url.scheme not in ("http", "https") or not url.host:
+            self.problem(
+                file,
+                "must be an absolute http:// or https:// URL, e.g. http://127.0.0.1:8000/v1",
+                pname,
+                "base_url",
+            )
+            return None
+        if url.user or url.password:
+            self.problem(file, "must not contain credentials; use api_key", pname, "base_url")
+            return None
+        if url.query_string or url.fragment:
+            self.problem(file, "must not have a query or fragment", pname, "base_url")
+            return None
+        return value.rstrip("/")
+
+
+def _read_yaml(path: Path, parser: _Parser) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        parser.problem(path, "file not found")
+        return None
+    except OSError as exc:
+        parser.problem(path, f"cannot read: {exc.strerror}")
+        return None
+    except UnicodeDecodeError:
+        parser.problem(path, "not UTF-8 text")
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or "invalid YAML"
+        parser.problem(path, f"invalid YAML{where}: {reason}")
+        return None
+
+
+def include_files(include_dir: Path) -> list[Path]:
+    """The fragment files of an include directory, in a stable order."""
+    return sorted(
+        p for p in include_dir.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate the config file and its fragments. Raises ConfigError."""
+    path = Path(path)
+    parser = _Parser()
+    data = _read_yaml(path, parser)
+    if parser.problems:
+        raise ConfigError(parser.problems)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([Problem(str(path), "the top level must be a mapping")])
+    parser.unknown_keys(data, TOP_KEYS, path)
+    base = path.parent
+    files = [path]
+
+    listen_host, listen_port = parse_listen(DEFAULT_LISTEN)
+    if "listen" in data:
+        try:
+            listen_host, listen_port = parse_listen(data["listen"])
+        except (ValueError, TypeError) as exc:
+            parser.problem(path, f"{data['listen']!r}: {exc}", field="listen")
+
+    seal_key_file = None
+    if data.get("seal_key_file") is not None:
+        if not isinstance(data["seal_key_file"], str):
+            parser.problem(path, "must be a path", field="seal_key_file")
+        else:
+            seal_key_file = base / data["seal_key_file"]
+
+    auth = None
+    if data.get("auth") is not None:
+        raw = data["auth"]
+        if not isinstance(raw, Mapping):
+            parser.problem(path, "must be a mapping with api_keys", field="auth")
+        else:
+            parser.unknown_keys(raw, {"api_keys"}, path, prefix="auth.")
+            keys = raw.get("api_keys")
+            if not isinstance(keys, list) or not keys:
+                parser.problem(path, "must be a non-empty list", field="auth.api_keys")
+            else:
+                refs = [
+                    parser.secret(k, file=path, field=f"auth.api_keys[{i}]", scope="auth")
+                    for i, k in enumerate(keys)
+                ]
+                if all(refs):
+                    auth = AuthConfig(tuple(refs))
+
+    admin = None
+    if data.get("admin") is not None:
+        raw = data["admin"]
+        if not isinstance(raw, Mapping):
+            parser.problem(path, "must be a mapping with token", field="admin")
+        else:
+            parser.unknown_keys(raw, {"token", "writable"}, path, prefix="admin.")
+            writable = raw.get("writable", True)
+            if not isinstance(writable, bool):
+                parser.problem(path, "must be true or false", field="admin.writable")
+            token = parser.secret(raw.get("token"), file=path, field="admin.token", scope="admin")
+            if token:
+                admin = AdminConfig(token, bool(writable))
+
+    limits = Limits()
+    if data.get("limits") is not None:
+        raw = data["limits"]
+        if not isinstance(raw, Mapping):
+            parser.problem(path, "must be a mapping", field="limits")
+        else:
+            parser.unknown_keys(raw, {"max_body_bytes"}, path, prefix="limits.")
+            if "max_body_bytes" in raw:
+                v = parser.number(
+                    raw["max_body_bytes"], file=path, field="limits.max_body_bytes", integer=True
+                )
+                if v:
+                    limits = Limits(max_body_bytes=v)
+
+    models = ModelsSettings()
+    if data.get("models") is not None:
+        raw = data["models"]
+        if not isinstance(raw, Mapping):
+            parser.problem(path, "must be a mapping", field="models")
+        else:
+            parser.unknown_keys(raw, {"cache_ttl", "fetch_timeout"}, path, prefix="models.")
+            values = {}
+            for key in ("cache_ttl", "fetch_timeout"):
+                if key in raw:
+                    v = parser.number(raw[key], file=path, field=f"models.{key}", minimum=-1e-9)
+                    if v is not None:
+                        values[key] = float(v)
+            models = ModelsSettings(**values)
+
+    providers: list[ProviderConfig] = []
+    raw_providers = data.get("providers") or []
+    if not isinstance(raw_providers, list):
+        parser.problem(path, "must be a list of providers", field="providers")
+        raw_providers = []
+    for i, raw in enumerate(raw_providers):
+        p = parser.provider(raw, path, "config", i)
+        if p:
+            providers.append(p)
+
+    include = None
+    if data.get("include") is not None:
+        if not isinstance(data["include"], str):
+            parser.problem(path, "must be a directory path", field="include")
+        else:
+            include = base / data["include"]
+            if not include.is_dir():
+                parser.problem(path, f"directory {include} does not exist", field="include")
+            else:
+                for frag in include_files(include):
+                    files.append(frag)
+                    raw = _read_yaml(frag, parser)
+                    if raw is None:
+                        continue
+                    p = parser.provider(raw, frag, "store", 0)
+                    if p is None:
+                        continue
+                    providers.append(p)
+
+    seen: dict[str, str] = {}
+    for p in providers:
+        if p.name in seen:
+            parser.problem(
+                p.file, f"duplicate provider name (first defined in {seen[p.name]})", p.name, "name"
+            )
+        else:
+            seen[p.name] = p.file
+
+    if parser.problems:
+        raise ConfigError(parser.problems)
+    return GatewayConfig(
+        path=path,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        include=include,
+        seal_key_file=seal_key_file,
+        auth=auth,
+        admin=admin,
+        providers=tuple(providers),
+        limits=limits,
+        models=models,
+        files=tuple(files),
+    )
+
+
+def config_path_from_env(cli_value: str | None) -> Path:
+    """--config wins, then GATEWAY_CONFIG, then the default."""
+    return Path(cli_value or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)

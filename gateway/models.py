@@ -1,0 +1,159 @@
+"""Model lists: each provider's own `/models`, merged for `GET /v1/models`.
+
+Lists are fetched concurrently and cached per provider runtime for
+`models.cache_ttl` seconds (a changed provider gets a new runtime, hence an
+empty cache). A provider with a static `models:` list is never asked. A
+provider that is down or slow is logged and left out of the merged list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+import orjson
+
+from .config import ModelsSettings
+from .snapshot import ProviderRuntime, Snapshot
+
+log = logging.getLogger("gateway.models")
+
+
+class UpstreamListError(Exception):
+    """The upstream did not give a model list. Never carries the key."""
+
+    def __init__(self, message: str, status: int | None = None, body: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def _static_entries(runtime: ProviderRuntime) -> list[dict]:
+    return [
+        {"id": m, "object": "model", "created": 0, "owned_by": runtime.name}
+        for m in runtime.config.models or ()
+    ]
+
+
+async def fetch_upstream_models(runtime: ProviderRuntime, timeout: float) -> list[dict]:
+    """GET the provider's `/models`, as reported. Raises UpstreamListError."""
+    headers = dict(runtime.upstream_headers)
+    # The session never decompresses (forwarding is verbatim), so ask for
+    # plain bytes here where the gateway itself reads the body.
+    headers["Accept-Encoding"] = "identity"
+    headers["Accept"] = "application/json"
+    url = runtime.urls["models"]
+    try:
+        async with runtime.session.get(
+            url,
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                text = body[:2000].decode("utf-8", "replace")
+                raise UpstreamListError(
+                    f"{url} answered HTTP {resp.status}", status=resp.status, body=text
+                )
+    except asyncio.TimeoutError:
+        raise UpstreamListError(f"{url} did not answer within {timeout:g}s") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamListError(f"{url}: {type(exc).__name__}: {exc}") from None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamListError(f"{url} did not answer JSON") from None
+    items = data.get("data") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise UpstreamListError(f"{url} answered JSON without a 'data' list")
+    return [m for m in items if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+
+async def provider_models(runtime: ProviderRuntime, settings: ModelsSettings) -> list[dict]:
+    """The provider's models with unprefixed ids, from config or a cached fetch."""
+    if runtime.config.models is not None:
+        return _static_entries(runtime)
+    cache = runtime.model_cache
+    if cache.fresh(settings.cache_ttl):
+        return cache.models  # type: ignore[return-value]
+    if cache.pending is None:
+        # One fetch at a time per provider; concurrent callers share it.
+        cache.pending = asyncio.ensure_future(
+            fetch_upstream_models(runtime, settings.fetch_timeout)
+        )
+    pending = cache.pending
+    try:
+        models = await asyncio.shield(pending)
+    except UpstreamListError as exc:
+        cache.error = str(exc)
+        raise
+    finally:
+        if cache.pending is pending and pending.done():
+            cache.pending = None
+    cache.models, cache.fetched_at, cache.error = models, time.monotonic(), None
+    return models
+
+
+def _prefixed(runtime: ProviderRuntime, entry: dict) -> dict:
+    out = dict(entry)
+    out["id"] = f"{runtime.name}/{entry['id']}"
+    out.setdefault("object", "model")
+    out.setdefault("created", 0)
+    out.setdefault("owned_by", runtime.name)
+    return out
+
+
+async def list_models(snapshot: Snapshot) -> list[dict]:
+    """Every provider's models, ids `PROVIDER/MODEL`; failures are left out."""
+    runtimes = list(snapshot.providers.values())
+    settings = snapshot.config.models
+    results = await asyncio.gather(
+        *(provider_models(r, settings) for r in runtimes), return_exceptions=True
+    )
+    merged: list[dict] = []
+    for runtime, result in zip(runtimes, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("models of provider '%s' left out: %s", runtime.name, result)
+            continue
+        merged.extend(_prefixed(runtime, m) for m in result)
+    return merged
+
+
+async def find_model(snapshot: Snapshot, model_id: str) -> dict | None:
+    """One model by its `PROVIDER/MODEL` id (or an unprefixed id some provider lists)."""
+    prefix, _, rest = model_id.partition("/")
+    runtime = snapshot.providers.get(prefix)
+    if runtime is not None and rest:
+        try:
+            models = await provider_models(runtime, snapshot.config.models)
+        except UpstreamListError as exc:
+            log.warning("models of provider '%s' unavailable: %s", runtime.name, exc)
+            return None
+        for m in models:
+            if m["id"] == rest:
+                return _prefixed(runtime, m)
+        return None
+    found = await provider_listing(snapshot, model_id)
+    if found is None:
+        return None
+    runtime, entry = found
+    return _prefixed(runtime, entry)
+
+
+async def provider_listing(snapshot: Snapshot, model: str) -> tuple[ProviderRuntime, dict] | None:
+    """The first provider (config order) whose list has `model`, unprefixed."""
+    runtimes = list(snapshot.providers.values())
+    settings = snapshot.config.models
+    results = await asyncio.gather(
+        *(provider_models(r, settings) for r in runtimes), return_exceptions=True
+    )
+    for runtime, result in zip(runtimes, results, strict=True):
+        if isinstance(result, BaseException):
+            continue
+        for m in result:
+            if m["id"] == model:
+                return runtime, m
+    return None

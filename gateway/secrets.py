@@ -1,0 +1,111 @@
+"""Secret resolution: the one place where config text becomes a secret's value.
+
+A value in config is `sealed:v1:...` (unsealed with the gateway's private
+keys, see `gateway.sealing`), `env:NAME` (read from the environment) or plain
+text (accepted with a loud warning). The resolved value is wrapped in
+`Secret`, whose repr and str never show it, so that it cannot slip into a log
+line or an exception message by accident.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .config import Problem, SecretRef
+
+log = logging.getLogger("gateway.secrets")
+
+
+class Secret:
+    """A secret's plain text; only `reveal()` gives it out."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def matches(self, candidate: str) -> bool:
+        """Constant-time comparison, for inbound tokens."""
+        return hmac.compare_digest(self._value.encode(), candidate.encode())
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(
+            self._value.encode(), other._value.encode()
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):  # never pickle a secret into anything
+        raise TypeError("Secret values cannot be pickled")
+
+
+class SecretError(Exception):
+    """A secret could not be resolved. The message never contains the secret."""
+
+
+# An unsealer takes (sealed text, scope) and returns plain text or raises
+# SecretError. It is `gateway.sealing.Keyring.unseal` when keys are loaded.
+Unsealer = Callable[[str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretResolver:
+    unseal: Unsealer | None = None
+    environ: dict[str, str] | None = None
+    warn_plain: bool = True
+
+    def resolve(self, ref: SecretRef) -> Secret:
+        kind = ref.kind
+        if kind == "env":
+            name = ref.text[4:]
+            env = os.environ if self.environ is None else self.environ
+            value = env.get(name)
+            if value is None:
+                raise SecretError(f"environment variable {name} is not set")
+            if not value:
+                raise SecretError(f"environment variable {name} is empty")
+            return Secret(value)
+        if kind == "sealed":
+            if self.unseal is None:
+                raise SecretError(
+                    "value is sealed but no private key is loaded "
+                    "(set seal_key_file or GATEWAY_SEAL_KEY_FILE)"
+                )
+            return Secret(self.unseal(ref.text, ref.scope))
+        if self.warn_plain:
+            where = f"provider '{ref.provider}' " if ref.provider else ""
+            log.warning(
+                "%s: %sfield '%s' holds a PLAIN-TEXT secret; seal it with "
+                "`gateway seal --scope %s` before committing this file",
+                ref.file,
+                where,
+                ref.field,
+                ref.scope,
+            )
+        return Secret(ref.text)
+
+    def resolve_all(
+        self, refs: Iterable[SecretRef]
+    ) -> tuple[dict[SecretRef, Secret], list[Problem]]:
+        """Resolve every ref, collecting a Problem for each failure."""
+        resolved: dict[SecretRef, Secret] = {}
+        problems: list[Problem] = []
+        for ref in refs:
+            try:
+                resolved[ref] = self.resolve(ref)
+            except SecretError as exc:
+                problems.append(Problem(ref.file, str(exc), ref.provider, ref.field))
+        return resolved, problems

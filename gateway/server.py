@@ -1,0 +1,83 @@
+"""The process: start the HTTP server on a snapshot, handle signals, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app
+from .config import parse_listen
+from .reload import Reloader, load_snapshot
+from .snapshot import SnapshotHolder
+
+log = logging.getLogger("gateway.server")
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def start_demo_upstream(listen: str) -> web.AppRunner:
+    from .demo_upstream import create_demo_app
+
+    host, port = parse_listen(listen)
+    runner = web.AppRunner(create_demo_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("demo upstream listening on http://%s:%d/v1", host, port)
+    return runner
+
+
+async def serve(
+    config_path: Path,
+    listen: str | None = None,
+    demo_listen: str | None = None,
+    shutdown_grace: float = 30.0,
+) -> None:
+    holder = SnapshotHolder(load_snapshot(config_path))
+    config = holder.current.config
+    host, port = parse_listen(listen) if listen else (config.listen_host, config.listen_port)
+
+    demo = await start_demo_upstream(demo_listen) if demo_listen else None
+    runner = web.AppRunner(
+        create_app(holder),
+        access_log=None,
+        handler_cancellation=True,  # a client that leaves cancels its upstream request
+        shutdown_timeout=shutdown_grace,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info(
+        "gateway listening on http://%s:%d/v1 with %d provider(s) (config %s)",
+        host,
+        port,
+        len(holder.current.providers),
+        holder.current.digest,
+    )
+
+    reloader = Reloader(config_path, holder)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: finishing requests in flight (up to %gs)", shutdown_grace)
+    finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        if demo is not None:
+            await demo.cleanup()

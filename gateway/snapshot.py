@@ -1,0 +1,217 @@
+"""The immutable snapshot a request runs on, and the one reference that swaps.
+
+A `Snapshot` is built from a validated `GatewayConfig` with every secret
+resolved. Each provider gets a `ProviderRuntime`: its upstream URLs and
+headers computed once, and one shared `ClientSession` (connection pool).
+A reload builds a new snapshot, reusing the runtimes of providers whose
+config and key did not change (no reconnect storm), and then swaps
+`SnapshotHolder.current` in one assignment. Runtimes that were dropped are
+closed once their last in-flight request ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from . import __version__
+from .config import ConfigError, GatewayConfig, ProviderConfig
+from .secrets import Secret, SecretResolver
+
+log = logging.getLogger("gateway.snapshot")
+
+ENDPOINTS = ("chat/completions", "completions", "embeddings")
+
+
+class ProviderRuntime:
+    """A provider's live state. Everything on it but the pool is fixed."""
+
+    __slots__ = (
+        "_closing",
+        "_session",
+        "api_key",
+        "base_url",
+        "config",
+        "inflight",
+        "model_cache",
+        "name",
+        "timeout",
+        "upstream_headers",
+        "urls",
+    )
+
+    def __init__(self, config: ProviderConfig, api_key: Secret | None):
+        self.config = config
+        self.name = config.name
+        self.api_key = api_key
+        self.base_url = URL(config.base_url)
+        # Appending with "/" keeps the base path (".../v1") and is done once.
+        self.urls = {ep: URL(f"{config.base_url}/{ep}") for ep in ENDPOINTS}
+        self.urls["models"] = URL(f"{config.base_url}/models")
+        headers = CIMultiDict(config.headers)
+        if api_key is not None:
+            headers["Authorization"] = f"Bearer {api_key.reveal()}"
+        self.upstream_headers = headers
+        t = config.timeouts
+        # sock_read covers the wait for response headers (the first byte);
+        # the forwarder lowers it to the idle timeout once headers are in.
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=t.connect, sock_read=t.first_byte
+        )
+        self.inflight = 0
+        self.model_cache: ModelCache = ModelCache()
+        self._session: aiohttp.ClientSession | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"ProviderRuntime({self.name!r}, {self.config.base_url!r})"
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Created lazily: a session needs a running loop, and `gateway check`
+        # builds snapshots without one.
+        s = self._session
+        if s is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.config.max_connections,
+                limit_per_host=0,
+                ttl_dns_cache=60,
+                keepalive_timeout=30,
+            )
+            s = self._session = aiohttp.ClientSession(
+                connector=connector,
+                # The gateway forwards bytes verbatim: never decompress, never
+                # keep cookies between clients, never read proxy settings.
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                timeout=self.timeout,
+                headers={"User-Agent": f"gateway/{__version__}"},
+                skip_auto_headers=("Content-Type",),
+            )
+        return s
+
+    def same_as(self, other: ProviderRuntime) -> bool:
+        return self.config == other.config and self.api_key == other.api_key
+
+    def acquire(self) -> None:
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self._closing and self.inflight == 0:
+            asyncio.get_running_loop().create_task(self.close())
+
+    def retire(self) -> None:
+        """No new requests will come; close once the last one ends."""
+        self._closing = True
+        if self.inflight == 0 and self._session is not None:
+            asyncio.get_running_loop().create_task(self.close())
+
+    async def close(self) -> None:
+        s, self._session = self._session, None
+        if s is not None and not s.closed:
+            await s.close()
+
+
+@dataclass
+class ModelCache:
+    """A provider's upstream model list, fetched at most once per TTL."""
+
+    models: list[dict] | None = None
+    fetched_at: float = 0.0
+    error: str | None = None
+    pending: asyncio.Future | None = field(default=None, repr=False)
+
+    def fresh(self, ttl: float) -> bool:
+        return self.models is not None and time.monotonic() - self.fetched_at < ttl
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    config: GatewayConfig
+    providers: Mapping[str, ProviderRuntime]
+    # model id -> provider, from static `models:` lists, for unprefixed models
+    static_models: Mapping[str, ProviderRuntime]
+    auth_keys: tuple[Secret, ...] | None
+    admin_token: Secret | None
+    digest: str
+    loaded_at: float
+
+
+def config_digest(config: GatewayConfig) -> str:
+    """A hash of every file the config was read from, for operators."""
+    h = hashlib.sha256()
+    for path in config.files:
+        h.update(str(path).encode())
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()[:16]
+
+
+def build_snapshot(
+    config: GatewayConfig,
+    resolver: SecretResolver,
+    previous: Snapshot | None = None,
+) -> Snapshot:
+    """Resolve every secret and build runtimes. Raises ConfigError listing all failures."""
+    refs = [p.api_key for p in config.providers if p.api_key is not None]
+    if config.auth:
+        refs.extend(config.auth.api_keys)
+    if config.admin:
+        refs.append(config.admin.token)
+    secrets, problems = resolver.resolve_all(refs)
+    if problems:
+        raise ConfigError(problems)
+
+    old = previous.providers if previous else {}
+    providers: dict[str, ProviderRuntime] = {}
+    for pc in config.providers:
+        runtime = ProviderRuntime(pc, secrets.get(pc.api_key) if pc.api_key else None)
+        prior = old.get(pc.name)
+        if prior is not None and prior.same_as(runtime):
+            runtime = prior  # keep its pool and model cache
+        providers[pc.name] = runtime
+
+    static: dict[str, ProviderRuntime] = {}
+    for runtime in providers.values():
+        for model in runtime.config.models or ():
+            static.setdefault(model, runtime)
+
+    return Snapshot(
+        config=config,
+        providers=MappingProxyType(providers),
+        static_models=MappingProxyType(static),
+        auth_keys=tuple(secrets[r] for r in config.auth.api_keys) if config.auth else None,
+        admin_token=secrets[config.admin.token] if config.admin else None,
+        digest=config_digest(config),
+        loaded_at=time.time(),
+    )
+
+
+class SnapshotHolder:
+    """Holds the live snapshot: the gateway's only mutable reference."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.current = snapshot
+
+    def swap(self, new: Snapshot) -> Snapshot:
+        old, self.current = self.current, new
+        for name, runtime in old.providers.items():
+            if new.providers.get(name) is not runtime:
+                runtime.retire()
+        return old
+
+    async def close(self) -> None:
+        await asyncio.gather(*(r.close() for r in self.current.providers.values()))
