@@ -16,7 +16,7 @@ import logging
 import aiohttp
 import orjson
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, istr
+from multidict import CIMultiDict
 
 from .errors import GatewayError
 from .router import route
@@ -25,8 +25,9 @@ from .snapshot import ProviderRuntime, Snapshot
 log = logging.getLogger("gateway.forwarder")
 
 # RFC 9110 section 7.6.1 hop-by-hop headers, plus the ones the gateway owns.
+# Lower-case plain strings: header names are compared after .lower().
 HOP_BY_HOP = frozenset(
-    istr(h)
+    h
     for h in (
         "connection",
         "keep-alive",
@@ -39,24 +40,25 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
+# Credentials the client meant for the gateway never go upstream.
 _DROP_FROM_CLIENT = HOP_BY_HOP | {
-    hdrs.HOST,
-    hdrs.AUTHORIZATION,
-    hdrs.CONTENT_LENGTH,
-    hdrs.EXPECT,
-    istr("api-key"),
-    istr("x-api-key"),
-    hdrs.COOKIE,
+    "host",
+    "authorization",
+    "content-length",
+    "expect",
+    "api-key",
+    "x-api-key",
+    "cookie",
 }
-_DROP_FROM_UPSTREAM = HOP_BY_HOP | {hdrs.SET_COOKIE}
-_EMPTY = b""
+# Cookies are per client; an upstream's must not reach every client.
+_DROP_FROM_UPSTREAM = HOP_BY_HOP | {"set-cookie"}
 
 
 def _connection_listed(headers) -> frozenset[str]:
     value = headers.get(hdrs.CONNECTION)
     if not value:
         return frozenset()
-    return frozenset(istr(v.strip()) for v in value.split(","))
+    return frozenset(v.strip().lower() for v in value.split(","))
 
 
 def upstream_request_headers(client_headers, runtime: ProviderRuntime) -> CIMultiDict:
@@ -64,7 +66,8 @@ def upstream_request_headers(client_headers, runtime: ProviderRuntime) -> CIMult
     extra_drop = _connection_listed(client_headers)
     out = CIMultiDict()
     for name, value in client_headers.items():
-        if name not in _DROP_FROM_CLIENT and name not in extra_drop:
+        low = name.lower()
+        if low not in _DROP_FROM_CLIENT and low not in extra_drop:
             out.add(name, value)
     # aiohttp would otherwise offer gzip on the client's behalf, and the
     # compressed reply (passed through verbatim) would reach a client that
@@ -79,7 +82,8 @@ def response_headers(upstream_headers) -> CIMultiDict:
     extra_drop = _connection_listed(upstream_headers)
     out = CIMultiDict()
     for name, value in upstream_headers.items():
-        if name not in _DROP_FROM_UPSTREAM and name not in extra_drop:
+        low = name.lower()
+        if low not in _DROP_FROM_UPSTREAM and low not in extra_drop:
             out.add(name, value)
     return out
 

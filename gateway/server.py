@@ -38,6 +38,21 @@ async def start_demo_upstream(listen: str) -> web.AppRunner:
     return runner
 
 
+async def start_gateway(
+    holder: SnapshotHolder, host: str, port: int, shutdown_grace: float = 30.0
+) -> web.AppRunner:
+    """Serve `holder`'s snapshots on host:port; `runner.addresses` has the bound port."""
+    runner = web.AppRunner(
+        create_app(holder),
+        access_log=None,
+        handler_cancellation=True,  # a client that leaves cancels its upstream request
+        shutdown_timeout=shutdown_grace,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
 async def serve(
     config_path: Path,
     listen: str | None = None,
@@ -49,14 +64,7 @@ async def serve(
     host, port = parse_listen(listen) if listen else (config.listen_host, config.listen_port)
 
     demo = await start_demo_upstream(demo_listen) if demo_listen else None
-    runner = web.AppRunner(
-        create_app(holder),
-        access_log=None,
-        handler_cancellation=True,  # a client that leaves cancels its upstream request
-        shutdown_timeout=shutdown_grace,
-    )
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    runner = await start_gateway(holder, host, port, shutdown_grace)
     log.info(
         "gateway listening on http://%s:%d/v1 with %d provider(s) (config %s)",
         host,

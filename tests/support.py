@@ -1,0 +1,180 @@
+"""Test parts: real aiohttp upstreams on 127.0.0.1 and a real gateway server.
+
+Nothing here is mocked. `Upstream` is an aiohttp server on an ephemeral
+port whose answers a test scripts and whose received requests it records.
+`GatewayUnderTest` is the gateway's own aiohttp server, built from a config
+file in a temp dir exactly as `gateway serve` builds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import textwrap
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from gateway.reload import Reloader, load_snapshot
+from gateway.server import start_gateway
+from gateway.snapshot import SnapshotHolder
+
+REPO = Path(__file__).resolve().parents[1]
+SSE_FIXTURES = REPO.parent / "shared" / "fixtures" / "sse"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: CIMultiDictProxy
+    body: bytes
+
+    def json(self) -> dict:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Upstream:
+    """A scriptable OpenAI-compatible upstream. Set `.handler` to change answers."""
+
+    models: list[str] = field(default_factory=lambda: ["m1", "m2"])
+    requests: list[Recorded] = field(default_factory=list)
+    handler: Handler | None = None
+    # Set when a streaming handler notices its client (the gateway) went away.
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: web.AppRunner | None = None
+    port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> Upstream:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(Recorded(request.method, request.path, request.headers, body))
+        if request.path.endswith("/models") and request.method == "GET":
+            data = [{"id": m, "object": "model", "created": 1, "owned_by": "up"} for m in self.models]
+            return web.json_response({"object": "list", "data": data})
+        if self.handler is not None:
+            return await self.handler(request)
+        payload = orjson.loads(body) if body else {}
+        return web.json_response(
+            {
+                "id": "chatcmpl-test",
+                "object": "chat.completion",
+                "model": payload.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "ok"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
+
+    def replay(
+        self,
+        chunks: list[bytes],
+        delay: float = 0.0,
+        content_type: str = "text/event-stream",
+        status: int = 200,
+        hold_open: asyncio.Event | None = None,
+    ) -> None:
+        """Answer every POST by writing `chunks` one write each, then end."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(status=status, headers={"Content-Type": content_type})
+            await resp.prepare(request)
+            try:
+                for i, chunk in enumerate(chunks):
+                    if delay and i:
+                        await asyncio.sleep(delay)
+                    await resp.write(chunk)
+                if hold_open is not None:
+                    await hold_open.wait()
+                await resp.write_eof()
+            except (ConnectionError, asyncio.CancelledError):
+                self.disconnected.set()
+                raise
+            return resp
+
+        self.handler = handler
+
+
+def split_awkwardly(data: bytes, seed: int = 0, max_piece: int = 97) -> list[bytes]:
+    """Split bytes at random places: mid-line, mid-CRLF, mid-UTF-8 character."""
+    rng = random.Random(seed)
+    pieces, i = [], 0
+    while i < len(data):
+        n = rng.randint(1, max_piece)
+        pieces.append(data[i : i + n])
+        i += n
+    return pieces
+
+
+@dataclass
+class GatewayUnderTest:
+    config_path: Path
+    holder: SnapshotHolder
+    reloader: Reloader
+    runner: web.AppRunner
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+def write_config(directory: Path, text: str, fragments: dict[str, str] | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "gateway.yaml"
+    path.write_text(textwrap.dedent(text))
+    for name, body in (fragments or {}).items():
+        frag = directory / name
+        frag.parent.mkdir(parents=True, exist_ok=True)
+        frag.write_text(textwrap.dedent(body))
+    return path
+
+
+async def start_gateway_from(path: Path) -> GatewayUnderTest:
+    holder = SnapshotHolder(load_snapshot(path))
+    runner = await start_gateway(holder, "127.0.0.1", 0, shutdown_grace=2.0)
+    port = runner.addresses[0][1]
+    return GatewayUnderTest(path, holder, Reloader(path, holder), runner, port)
+
+
+def provider_yaml(name: str, upstream: Upstream, **extra: object) -> str:
+    """One provider entry (for a `providers:` list) pointing at `upstream`."""
+    lines = [f"  - name: {name}", "    provider_type: custom", f"    base_url: {upstream.base_url}"]
+    for key, value in extra.items():
+        lines.append(f"    {key}: {orjson.dumps(value).decode()}")
+    return "\n".join(lines) + "\n"
