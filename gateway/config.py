@@ -193,6 +193,7 @@ class _Parser:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        self.names: dict[str, str] = {}  # provider name -> file it was first defined in
 
     def problem(self, file: Path | str, message: str, provider=None, field=None) -> None:
         self.problems.append(Problem(str(file), message, provider, field))
@@ -241,6 +242,11 @@ class _Parser:
             pname = label or "?"
         else:
             pname = name
+            if name in self.names:
+                first = self.names[name]
+                self.problem(file, f"duplicate provider name (first defined in {first})", name, "name")
+            else:
+                self.names[name] = str(file)
         self.unknown_keys(raw, PROVIDER_KEYS, file, pname)
 
         ptype = raw.get("provider_type", "custom")
@@ -503,15 +509,6 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
                     if p is None:
                         continue
                     providers.append(p)
-
-    seen: dict[str, str] = {}
-    for p in providers:
-        if p.name in seen:
-            parser.problem(
-                p.file, f"duplicate provider name (first defined in {seen[p.name]})", p.name, "name"
-            )
-        else:
-            seen[p.name] = p.file
 
     if parser.problems:
         raise ConfigError(parser.problems)

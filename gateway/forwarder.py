@@ -242,6 +242,7 @@ async def _exchange(
         conn = upstream.connection
         if conn is not None and conn.protocol is not None:
             conn.protocol.read_timeout = runtime.config.timeouts.idle
+            conn.protocol.start_timeout()  # re-arm: the old timer still has first_byte
         out = web.StreamResponse(
             status=status, reason=upstream.reason, headers=response_headers(upstream.headers)
         )

@@ -44,7 +44,8 @@ class Recorded:
 class Upstream:
     """A scriptable OpenAI-compatible upstream. Set `.handler` to change answers."""
 
-    models: list[str] = field(default_factory=lambda: ["m1", "m2"])
+    # None: `/models` goes to `handler` like everything else.
+    models: list[str] | None = field(default_factory=lambda: ["m1", "m2"])
     requests: list[Recorded] = field(default_factory=list)
     handler: Handler | None = None
     # Set when a streaming handler notices its client (the gateway) went away.
@@ -73,7 +74,7 @@ class Upstream:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(Recorded(request.method, request.path, request.headers, body))
-        if request.path.endswith("/models") and request.method == "GET":
+        if request.path.endswith("/models") and request.method == "GET" and self.models is not None:
             data = [{"id": m, "object": "model", "created": 1, "owned_by": "up"} for m in self.models]
             return web.json_response({"object": "list", "data": data})
         if self.handler is not None:

@@ -1,0 +1,202 @@
+"""What clients see when upstreams or clients misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+CHAT = {"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def post(url: str, payload: dict | bytes, headers: dict | None = None):
+    data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    async with aiohttp.ClientSession() as s, s.post(url, data=data, headers=headers) as r:
+        return r.status, await r.read()
+
+
+def error_of(body: bytes) -> dict:
+    err = orjson.loads(body)["error"]
+    assert set(err) >= {"message", "type", "code"}
+    return err
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", "invalid_json"),
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'{"messages": []}', "missing_model"),
+        (b'{"model": 42}', "missing_model"),
+        (b'{"model": ""}', "missing_model"),
+    ],
+)
+async def test_bad_requests_are_400(gateway, upstream, body, code):
+    status, out = await post(f"{gateway.base_url}/chat/completions", body)
+    assert status == 400
+    assert error_of(out)["code"] == code
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("model", ["nope/m1", "unknown-model", "up/"])
+async def test_unknown_model_or_provider_is_404(gateway, model):
+    status, out = await post(f"{gateway.base_url}/chat/completions", dict(CHAT, model=model))
+    assert status == 404
+    err = error_of(out)
+    assert err["code"] == "model_not_found" and model in err["message"]
+
+
+async def test_unknown_endpoint_is_openai_shaped_404(gateway):
+    async with aiohttp.ClientSession() as s, s.get(f"{gateway.base_url}/nothing") as r:
+        assert r.status == 404
+        assert error_of(await r.read())["code"] == "unknown_endpoint"
+
+
+async def test_refused_connection_is_502(gateway_factory):
+    port = free_port()  # nothing listens there
+    gw = await gateway_factory(f"providers:\n  - name: up\n    base_url: http://127.0.0.1:{port}/v1\n")
+    status, out = await post(f"{gw.base_url}/chat/completions", CHAT)
+    assert status == 502
+    err = error_of(out)
+    assert err["code"] == "upstream_unreachable" and "'up'" in err["message"]
+
+
+async def test_no_answer_within_first_byte_timeout_is_504(gateway_factory, upstream):
+    never = asyncio.Event()
+
+    async def handler(request):
+        await never.wait()
+
+    upstream.handler = handler
+    gw = await gateway_factory(
+        f"""
+        providers:
+          - name: up
+            base_url: {upstream.base_url}
+            timeouts: {{first_byte: 0.3}}
+        """
+    )
+    status, out = await post(f"{gw.base_url}/chat/completions", CHAT)
+    assert status == 504
+    assert error_of(out)["code"] == "upstream_timeout"
+
+
+async def test_connect_timeout_is_504(gateway_factory):
+    # A listening socket whose accept queue is full never completes new
+    # handshakes, which is a connect timeout seen from the client.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(8):  # bounded: fill the backlog
+                c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex(("127.0.0.1", port))
+                fillers.append(c)
+            gw = await gateway_factory(
+                f"""
+                providers:
+                  - name: up
+                    base_url: http://127.0.0.1:{port}/v1
+                    timeouts: {{connect: 0.3}}
+                """
+            )
+            status, out = await post(f"{gw.base_url}/chat/completions", CHAT)
+        finally:
+            for c in fillers:
+                c.close()
+    assert status == 504
+    assert error_of(out)["code"] == "upstream_connect_timeout"
+
+
+async def test_idle_timeout_mid_stream_breaks_the_client_stream(gateway_factory, upstream):
+    stall = asyncio.Event()
+    upstream.replay([b"data: one\n\n"], hold_open=stall)
+    gw = await gateway_factory(
+        f"""
+        providers:
+          - name: up
+            base_url: {upstream.base_url}
+            timeouts: {{idle: 0.3}}
+        """
+    )
+    async with aiohttp.ClientSession() as s, s.post(
+        f"{gw.base_url}/chat/completions", json=dict(CHAT, stream=True)
+    ) as r:
+        assert r.status == 200
+        assert await r.content.readuntil(b"\n\n") == b"data: one\n\n"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(r.read(), timeout=5)
+    stall.set()
+
+
+async def test_upstream_reset_mid_stream_is_not_a_clean_end(gateway, upstream):
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"x": 1}\n\n')
+        request.transport.abort()  # RST, no terminating chunk
+        return resp
+
+    upstream.handler = handler
+    async with aiohttp.ClientSession() as s, s.post(
+        f"{gateway.base_url}/chat/completions", json=dict(CHAT, stream=True)
+    ) as r:
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(r.read(), timeout=5)
+
+
+async def test_gateway_survives_faults_and_keeps_serving(gateway, upstream):
+    async def handler(request):
+        request.transport.abort()
+        return web.Response()
+
+    upstream.handler = handler
+    status, out = await post(f"{gateway.base_url}/chat/completions", CHAT)
+    assert status == 502
+    upstream.handler = None
+    status, _ = await post(f"{gateway.base_url}/chat/completions", CHAT)
+    assert status == 200
+
+
+async def test_inbound_auth(gateway_factory, upstream, monkeypatch):
+    monkeypatch.setenv("GW_CLIENT_KEY", "client-secret-1")
+    gw = await gateway_factory(
+        f"""
+        auth: {{api_keys: [env:GW_CLIENT_KEY, other-client-key]}}
+        providers:
+          - name: up
+            base_url: {upstream.base_url}
+            api_key: upstream-secret
+        """
+    )
+    url = f"{gw.base_url}/chat/completions"
+    status, out = await post(url, CHAT)
+    assert status == 401 and error_of(out)["code"] == "missing_api_key"
+    status, out = await post(url, CHAT, {"Authorization": "Bearer wrong"})
+    assert status == 401 and error_of(out)["code"] == "invalid_api_key"
+    assert b"client-secret-1" not in out and b"upstream-secret" not in out
+    for key in ("client-secret-1", "other-client-key"):
+        status, _ = await post(url, CHAT, {"Authorization": f"Bearer {key}"})
+        assert status == 200
+        assert upstream.requests[-1].headers["Authorization"] == "Bearer upstream-secret"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.base_url}/models") as r:
+            assert r.status == 401
+        async with s.get(f"{gw.url}/healthz") as r:
+            assert r.status == 200  # probes need no key
+    assert len(upstream.requests) == 2

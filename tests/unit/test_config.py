@@ -1,0 +1,232 @@
+"""Config parsing: every mistake names the file, the provider and the field."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.config import (
+    OPENAI_BASE_URL,
+    ConfigError,
+    config_path_from_env,
+    load_config,
+    parse_listen,
+)
+
+
+def write(tmp_path: Path, text: str, fragments: dict[str, str] | None = None) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(textwrap.dedent(text))
+    for name, body in (fragments or {}).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(textwrap.dedent(body))
+    return path
+
+
+def problems(path: Path) -> list[tuple[str, str | None, str | None, str]]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return [(Path(p.file).name, p.provider, p.field, p.message) for p in info.value.problems]
+
+
+def test_minimal_config_and_defaults(tmp_path):
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
+            providers:
+              - name: local-vllm
+                provider_type: custom
+                base_url: http://127.0.0.1:8000/v1/
+                api_key: env:VLLM_KEY
+                headers: {X-Title: demo}
+                models: [llama-3.1-8b, llama-3.1-8b, qwen]
+              - name: oai
+                provider_type: openai
+            """,
+        )
+    )
+    assert (cfg.listen_host, cfg.listen_port) == ("127.0.0.1", 8080)
+    vllm, oai = cfg.providers
+    assert vllm.base_url == "http://127.0.0.1:8000/v1"  # trailing slash normalised
+    assert vllm.headers == (("X-Title", "demo"),)
+    assert vllm.models == ("llama-3.1-8b", "qwen")
+    assert vllm.api_key.kind == "env" and vllm.api_key.scope == "local-vllm"
+    assert oai.base_url == OPENAI_BASE_URL and oai.models is None
+    assert vllm.timeouts.first_byte >= 300  # LLMs think for minutes
+
+
+def test_empty_file_is_a_valid_config_with_no_providers(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.providers == ()
+
+
+def test_every_mistake_is_reported_with_file_provider_field(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        listen: localhost
+        colour: blue
+        include: providers.d
+        providers:
+          - name: a
+            provider_type: azure
+            base_url: http://x/v1
+          - name: b
+            provider_type: custom
+          - name: c
+            base_url: ftp://example.com/v1
+            api_kee: x
+          - name: a
+            base_url: http://y/v1
+          - name: Bad Name
+            base_url: http://z/v1
+        """,
+        {"providers.d/frag.yaml": "name: d\nbase_url: not a url\n"},
+    )
+    found = problems(path)
+    by_field = {(f, prov, field) for f, prov, field, _ in found}
+    assert ("gateway.yaml", None, "listen") in by_field
+    assert ("gateway.yaml", None, "colour") in by_field
+    assert ("gateway.yaml", "a", "provider_type") in by_field
+    assert ("gateway.yaml", "b", "base_url") in by_field
+    assert ("gateway.yaml", "c", "base_url") in by_field
+    assert ("gateway.yaml", "c", "api_kee") in by_field
+    assert ("gateway.yaml", "a", "name") in by_field  # duplicate
+    assert ("gateway.yaml", "Bad Name", "name") in by_field
+    assert ("frag.yaml", "d", "base_url") in by_field
+    assert len(found) == 9
+    messages = {field: msg for _, _, field, msg in found}
+    assert "unknown provider_type 'azure'" in messages["provider_type"]
+    assert "unknown key" in messages["colour"]
+
+
+def test_error_text_reads_file_provider_field(tmp_path):
+    path = write(tmp_path, "providers:\n  - name: x\n    base_url: ftp://h/v1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: provider 'x': field 'base_url': ")
+
+
+def test_duplicate_between_main_file_and_fragment_names_both(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        include: providers.d
+        providers:
+          - name: dup
+            base_url: http://a/v1
+        """,
+        {"providers.d/dup.yaml": "name: dup\nbase_url: http://b/v1\n"},
+    )
+    [(file, provider, field, message)] = problems(path)
+    assert (file, provider, field) == ("dup.yaml", "dup", "name")
+    assert "gateway.yaml" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("base_url: http://user:pw@h/v1", "base_url"),
+        ("base_url: http://h/v1?x=1", "base_url"),
+        ("base_url: 42", "base_url"),
+        ("base_url: http://h/v1\n    headers: {Authorization: x}", "headers.Authorization"),
+        ("base_url: http://h/v1\n    headers: {'bad name': x}", "headers.bad name"),
+        ("base_url: http://h/v1\n    models: [1, 2]", "models"),
+        ("base_url: http://h/v1\n    timeouts: {connect: -1}", "timeouts.connect"),
+        ("base_url: http://h/v1\n    timeouts: {conect: 1}", "timeouts.conect"),
+        ("base_url: http://h/v1\n    api_key: ''", "api_key"),
+        ("base_url: http://h/v1\n    api_key: 'env:'", "api_key"),
+        ("base_url: http://h/v1\n    max_connections: 0", "max_connections"),
+    ],
+)
+def test_provider_field_errors(tmp_path, text, field):
+    path = write(tmp_path, f"providers:\n  - name: p\n    {text}\n")
+    found = problems(path)
+    assert [(prov, fld) for _, prov, fld, _ in found] == [("p", field)]
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = write(tmp_path, "providers:\n  - name: [unclosed\n")
+    [(file, _, _, message)] = problems(path)
+    assert file == "gateway.yaml" and "line" in message
+
+
+def test_missing_file(tmp_path):
+    [(_, _, _, message)] = problems(tmp_path / "nope.yaml")
+    assert message == "file not found"
+
+
+def test_missing_include_dir(tmp_path):
+    path = write(tmp_path, "include: nowhere\n")
+    [(_, _, field, message)] = problems(path)
+    assert field == "include" and "does not exist" in message
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    (sub / "frags").mkdir()
+    path = write(sub, "include: frags\nseal_key_file: keys/seal.key\n")
+    cfg = load_config(path)
+    assert cfg.include == sub / "frags"
+    assert cfg.seal_key_file == sub / "keys" / "seal.key"
+
+
+def test_fragments_are_store_sourced_and_listed_as_files(tmp_path):
+    path = write(
+        tmp_path,
+        "include: p.d\n",
+        {"p.d/one.yaml": "name: one\nbase_url: http://a/v1\n", "p.d/notes.txt": "ignored"},
+    )
+    cfg = load_config(path)
+    assert [(p.name, p.source) for p in cfg.providers] == [("one", "store")]
+    assert {f.name for f in cfg.files} == {"gateway.yaml", "one.yaml"}
+
+
+def test_auth_and_admin(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        auth: {api_keys: [env:K1, plain-key]}
+        admin: {token: env:ADMIN, writable: false}
+        """,
+    )
+    cfg = load_config(path)
+    assert [k.scope for k in cfg.auth.api_keys] == ["auth", "auth"]
+    assert cfg.admin.token.scope == "admin" and cfg.admin.writable is False
+
+
+def test_secret_ref_repr_never_shows_text(tmp_path):
+    path = write(tmp_path, "providers:\n  - name: p\n    base_url: http://h/v1\n    api_key: sk-plain-value\n")
+    cfg = load_config(path)
+    assert "sk-plain-value" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        (":9000", ("0.0.0.0", 9000)),
+        ("[::1]:8080", ("::1", 8080)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_parse_listen(value, expected):
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize("value", ["8080", "host:port", "h:70000", "[zz]:1", "a b:1", 8080])
+def test_parse_listen_rejects(value):
+    with pytest.raises((ValueError, TypeError)):
+        parse_listen(value)
+
+
+def test_config_path_precedence(monkeypatch):
+    monkeypatch.setenv("GATEWAY_CONFIG", "/env.yaml")
+    assert str(config_path_from_env("/cli.yaml")) == "/cli.yaml"
+    assert str(config_path_from_env(None)) == "/env.yaml"
+    monkeypatch.delenv("GATEWAY_CONFIG")
+    assert str(config_path_from_env(None)) == "config/gateway.yaml"
