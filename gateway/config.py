@@ -202,9 +202,7 @@ class _Parser:
         for key in data:
             if key not in allowed:
                 known = ", ".join(sorted(allowed))
-                self.problem(
-                    file, f"unknown key (known keys: {known})", provider, f"{prefix}{key}"
-                )
+                self.problem(file, f"unknown key (known keys: {known})", provider, f"{prefix}{key}")
 
     # -- pieces ---------------------------------------------------------------
 
@@ -244,7 +242,9 @@ class _Parser:
             pname = name
             if name in self.names:
                 first = self.names[name]
-                self.problem(file, f"duplicate provider name (first defined in {first})", name, "name")
+                self.problem(
+                    file, f"duplicate provider name (first defined in {first})", name, "name"
+                )
             else:
                 self.names[name] = str(file)
         self.unknown_keys(raw, PROVIDER_KEYS, file, pname)
@@ -387,7 +387,9 @@ def _read_yaml(path: Path, parser: _Parser) -> Any:
 def include_files(include_dir: Path) -> list[Path]:
     """The fragment files of an include directory, in a stable order."""
     return sorted(
-        p for p in include_dir.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")
+        p
+        for p in include_dir.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")
     )
 
 
@@ -530,3 +532,16 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
 def config_path_from_env(cli_value: str | None) -> Path:
     """--config wins, then GATEWAY_CONFIG, then the default."""
     return Path(cli_value or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def parse_provider(
+    raw: object, file: str | os.PathLike[str]
+) -> tuple[ProviderConfig | None, list[Problem]]:
+    """Validate one provider as an `include:` fragment, with the loader's own rules.
+
+    Used by the admin API so that a provider it accepts is exactly one the
+    config loader accepts.
+    """
+    parser = _Parser()
+    provider = parser.provider(raw, Path(file), "store", 0)
+    return provider, parser.problems

@@ -28,9 +28,7 @@ def _last_user_text(messages: object) -> str:
                 if isinstance(content, str):
                     return content
                 if isinstance(content, list):
-                    return " ".join(
-                        p.get("text", "") for p in content if isinstance(p, dict)
-                    )
+                    return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
 
 
@@ -46,7 +44,9 @@ async def _bad_request(message: str) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "demo"} for m in MODELS]
-    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+    return web.json_response(
+        {"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode()
+    )
 
 
 async def _read(request: web.Request) -> dict | None:
@@ -57,8 +57,12 @@ async def _read(request: web.Request) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-async def _stream(request: web.Request, events: list[dict], usage: dict | None) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+async def _stream(
+    request: web.Request, events: list[dict], usage: dict | None
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await resp.prepare(request)
     try:
         for i, event in enumerate(events):
@@ -95,19 +99,47 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if body.get("stream"):
         base["object"] = "chat.completion.chunk"
         words = reply.split(" ")
-        events = [dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+        events = [
+            dict(
+                base,
+                choices=[
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            )
+        ]
         events += [
-            dict(base, choices=[{"index": 0, "delta": {"content": (" " if i else "") + w}, "finish_reason": None}])
+            dict(
+                base,
+                choices=[
+                    {
+                        "index": 0,
+                        "delta": {"content": (" " if i else "") + w},
+                        "finish_reason": None,
+                    }
+                ],
+            )
             for i, w in enumerate(words)
         ]
         events.append(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
         opts = body.get("stream_options") or {}
-        usage = _usage(prompt, reply) if isinstance(opts, dict) and opts.get("include_usage") else None
+        usage = (
+            _usage(prompt, reply) if isinstance(opts, dict) and opts.get("include_usage") else None
+        )
         return await _stream(request, events, usage)
     result = dict(
         base,
         object="chat.completion",
-        choices=[{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+        choices=[
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply},
+                "finish_reason": "stop",
+            }
+        ],
         usage=_usage(prompt, reply),
     )
     return web.Response(body=orjson.dumps(result), content_type="application/json")
@@ -119,16 +151,27 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return await _bad_request("expected a JSON object with a model")
     prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
     reply = _reply(prompt)
-    base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()), "model": body["model"]}
+    base = {
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body["model"],
+    }
     if body.get("stream"):
         words = reply.split(" ")
         events = [
-            dict(base, choices=[{"index": 0, "text": (" " if i else "") + w, "finish_reason": None}])
+            dict(
+                base, choices=[{"index": 0, "text": (" " if i else "") + w, "finish_reason": None}]
+            )
             for i, w in enumerate(words)
         ]
         events.append(dict(base, choices=[{"index": 0, "text": "", "finish_reason": "stop"}]))
         return await _stream(request, events, None)
-    result = dict(base, choices=[{"index": 0, "text": reply, "finish_reason": "stop"}], usage=_usage(prompt, reply))
+    result = dict(
+        base,
+        choices=[{"index": 0, "text": reply, "finish_reason": "stop"}],
+        usage=_usage(prompt, reply),
+    )
     return web.Response(body=orjson.dumps(result), content_type="application/json")
 
 
@@ -146,8 +189,16 @@ async def embeddings(request: web.Request) -> web.Response:
         inputs = [inputs]
     if not isinstance(inputs, list):
         return await _bad_request("input must be a string or a list")
-    data = [{"object": "embedding", "index": i, "embedding": _vector(str(t))} for i, t in enumerate(inputs)]
-    result = {"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}}
+    data = [
+        {"object": "embedding", "index": i, "embedding": _vector(str(t))}
+        for i, t in enumerate(inputs)
+    ]
+    result = {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+    }
     return web.Response(body=orjson.dumps(result), content_type="application/json")
 
 

@@ -10,7 +10,6 @@ bodies pass through. Redirects are never followed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
@@ -208,11 +207,10 @@ async def _exchange(
             f"{runtime.config.timeouts.connect:g}s",
             "upstream_connect_timeout",
         ) from None
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise GatewayError(
             504,
-            f"Provider '{name}' sent no response within "
-            f"{runtime.config.timeouts.first_byte:g}s",
+            f"Provider '{name}' sent no response within {runtime.config.timeouts.first_byte:g}s",
             "upstream_timeout",
         ) from None
     except aiohttp.ClientConnectorError as exc:
@@ -252,7 +250,7 @@ async def _exchange(
         while True:
             try:
                 chunk = await read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 # Bytes are already out: the status can no longer change. Cut
                 # the connection so the client sees a broken stream, not a
                 # clean end.

@@ -58,7 +58,7 @@ async def fetch_upstream_models(runtime: ProviderRuntime, timeout: float) -> lis
                 raise UpstreamListError(
                     f"{url} answered HTTP {resp.status}", status=resp.status, body=text
                 )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamListError(f"{url} did not answer within {timeout:g}s") from None
     except aiohttp.ClientError as exc:
         raise UpstreamListError(f"{url}: {type(exc).__name__}: {exc}") from None

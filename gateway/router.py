@@ -40,7 +40,6 @@ async def route(snapshot: Snapshot, model: str) -> tuple[ProviderRuntime, str]:
         )
     else:
         message = (
-            f"The model '{model}' does not exist: use PROVIDER/MODEL "
-            "(GET /v1/models lists them)"
+            f"The model '{model}' does not exist: use PROVIDER/MODEL (GET /v1/models lists them)"
         )
     raise GatewayError(404, message, "model_not_found")

@@ -75,7 +75,9 @@ class Upstream:
         body = await request.read()
         self.requests.append(Recorded(request.method, request.path, request.headers, body))
         if request.path.endswith("/models") and request.method == "GET" and self.models is not None:
-            data = [{"id": m, "object": "model", "created": 1, "owned_by": "up"} for m in self.models]
+            data = [
+                {"id": m, "object": "model", "created": 1, "owned_by": "up"} for m in self.models
+            ]
             return web.json_response({"object": "list", "data": data})
         if self.handler is not None:
             return await self.handler(request)

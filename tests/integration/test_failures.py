@@ -65,7 +65,9 @@ async def test_unknown_endpoint_is_openai_shaped_404(gateway):
 
 async def test_refused_connection_is_502(gateway_factory):
     port = free_port()  # nothing listens there
-    gw = await gateway_factory(f"providers:\n  - name: up\n    base_url: http://127.0.0.1:{port}/v1\n")
+    gw = await gateway_factory(
+        f"providers:\n  - name: up\n    base_url: http://127.0.0.1:{port}/v1\n"
+    )
     status, out = await post(f"{gw.base_url}/chat/completions", CHAT)
     assert status == 502
     err = error_of(out)
@@ -133,9 +135,10 @@ async def test_idle_timeout_mid_stream_breaks_the_client_stream(gateway_factory,
             timeouts: {{idle: 0.3}}
         """
     )
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{gw.base_url}/chat/completions", json=dict(CHAT, stream=True)
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.base_url}/chat/completions", json=dict(CHAT, stream=True)) as r,
+    ):
         assert r.status == 200
         assert await r.content.readuntil(b"\n\n") == b"data: one\n\n"
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -152,9 +155,10 @@ async def test_upstream_reset_mid_stream_is_not_a_clean_end(gateway, upstream):
         return resp
 
     upstream.handler = handler
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{gateway.base_url}/chat/completions", json=dict(CHAT, stream=True)
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gateway.base_url}/chat/completions", json=dict(CHAT, stream=True)) as r,
+    ):
         assert r.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await asyncio.wait_for(r.read(), timeout=5)
@@ -166,7 +170,7 @@ async def test_gateway_survives_faults_and_keeps_serving(gateway, upstream):
         return web.Response()
 
     upstream.handler = handler
-    status, out = await post(f"{gateway.base_url}/chat/completions", CHAT)
+    status, _ = await post(f"{gateway.base_url}/chat/completions", CHAT)
     assert status == 502
     upstream.handler = None
     status, _ = await post(f"{gateway.base_url}/chat/completions", CHAT)

@@ -67,9 +67,10 @@ async def test_authorization_replaced_and_hop_by_hop_dropped(gateway, upstream):
 
 async def test_no_compression_offered_for_a_client_that_asked_none(gateway, upstream):
     """Bytes pass verbatim, so the gateway must not ask for gzip on a client's behalf."""
-    async with aiohttp.ClientSession(skip_auto_headers=["Accept-Encoding"]) as s, s.post(
-        f"{gateway.base_url}/chat/completions", json=CHAT
-    ) as r:
+    async with (
+        aiohttp.ClientSession(skip_auto_headers=["Accept-Encoding"]) as s,
+        s.post(f"{gateway.base_url}/chat/completions", json=CHAT) as r,
+    ):
         assert r.status == 200
     assert upstream.requests[-1].headers["Accept-Encoding"] == "identity"
 
@@ -93,7 +94,9 @@ async def test_upstream_status_and_error_body_pass_through(gateway, upstream):
     error = b'{"error":{"message":"rate limited, try later","type":"rate_limit","code":429}}'
 
     async def handler(request):
-        return web.Response(status=429, body=error, headers={"Retry-After": "7", "Content-Type": "application/json"})
+        return web.Response(
+            status=429, body=error, headers={"Retry-After": "7", "Content-Type": "application/json"}
+        )
 
     upstream.handler = handler
     status, headers, out = await post(f"{gateway.base_url}/chat/completions", CHAT)
@@ -120,7 +123,9 @@ async def test_sse_fixtures_arrive_byte_identical(gateway, upstream, fixture, se
     data = (SSE_FIXTURES / fixture).read_bytes()
     max_piece = 65536 if len(data) > 100_000 else 97
     upstream.replay(split_awkwardly(data, seed, max_piece))
-    status, headers, out = await post(f"{gateway.base_url}/chat/completions", dict(CHAT, stream=True))
+    status, headers, out = await post(
+        f"{gateway.base_url}/chat/completions", dict(CHAT, stream=True)
+    )
     assert status == 200
     assert headers["Content-Type"] == "text/event-stream"
     assert hashlib.sha256(out).hexdigest() == hashlib.sha256(data).hexdigest()
@@ -128,7 +133,8 @@ async def test_sse_fixtures_arrive_byte_identical(gateway, upstream, fixture, se
 
 async def test_thousand_chunk_stream_byte_identical(gateway, upstream):
     chunks = [
-        b'data: {"choices":[{"delta":{"content":"tok%d \xe4\xb8\xad"}}]}\n\n' % i for i in range(1000)
+        b'data: {"choices":[{"delta":{"content":"tok%d \xe4\xb8\xad"}}]}\n\n' % i
+        for i in range(1000)
     ]
     chunks.append(b"data: [DONE]\n\n")
     upstream.replay(chunks)
@@ -141,9 +147,10 @@ async def test_chunks_are_forwarded_as_they_arrive(gateway, upstream):
     """The first chunk reaches the client while the upstream still holds the rest."""
     release = asyncio.Event()
     upstream.replay([b"data: first\n\n"], hold_open=release)
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{gateway.base_url}/chat/completions", json=dict(CHAT, stream=True)
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gateway.base_url}/chat/completions", json=dict(CHAT, stream=True)) as r,
+    ):
         first = await asyncio.wait_for(r.content.readuntil(b"\n\n"), timeout=5)
         assert first == b"data: first\n\n"
         release.set()
@@ -202,8 +209,9 @@ async def test_chunked_body_over_limit_is_413(gateway_factory, upstream):
         for _ in range(20):
             yield b"x" * 100
 
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{gw.base_url}/chat/completions", data=gen()
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.base_url}/chat/completions", data=gen()) as r,
+    ):
         assert r.status == 413
     assert upstream.requests == []

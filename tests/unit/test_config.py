@@ -200,7 +200,10 @@ def test_auth_and_admin(tmp_path):
 
 
 def test_secret_ref_repr_never_shows_text(tmp_path):
-    path = write(tmp_path, "providers:\n  - name: p\n    base_url: http://h/v1\n    api_key: sk-plain-value\n")
+    path = write(
+        tmp_path,
+        "providers:\n  - name: p\n    base_url: http://h/v1\n    api_key: sk-plain-value\n",
+    )
     cfg = load_config(path)
     assert "sk-plain-value" not in repr(cfg)
 

@@ -1,0 +1,325 @@
+"""Admin API: list, create, replace, delete and test providers over HTTP.
+
+It exists only while the live config sets `admin.token` (checked per
+request, so a reload can turn it on or off). The store is the config's
+`include:` directory (see `gateway.store`); providers from the main file are
+listed with `"source": "config"` and are read-only here. A write validates
+with the config loader's own code, seals a plain-text key with the gateway's
+public key, writes the file atomically and reloads; the response is sent
+once the new config is live. Writes are serialised, so concurrent requests
+leave a consistent directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import orjson
+from aiohttp import hdrs, web
+
+from . import store
+from .config import ProviderConfig, parse_provider
+from .errors import GatewayError
+from .models import UpstreamListError, fetch_upstream_models
+from .reload import Reloader
+from .snapshot import ProviderRuntime, Snapshot
+
+MASK = "***"
+_SECRETISH_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.I)
+WRITABLE_FIELDS = frozenset(store.FIELD_ORDER)
+
+
+class AdminState:
+    def __init__(self, reloader: Reloader):
+        self.reloader = reloader
+        self.lock = asyncio.Lock()
+
+
+ADMIN = web.AppKey("admin", AdminState)
+
+
+def _error(status: int, message: str, code: str, field: str | None = None) -> GatewayError:
+    extra = {"field": field} if field is not None else {}
+    return GatewayError(status, message, code, **extra)
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def authorize(request: web.Request) -> Snapshot:
+    snapshot = request.app[ADMIN].reloader.holder.current
+    token = snapshot.admin_token
+    if token is None:
+        raise _error(404, "The admin API is disabled: set admin.token in the config", "admin_disabled")
+    scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    if scheme.lower() != "bearer" or not token.matches(given.strip()):
+        raise _error(401, "Missing or invalid admin token", "invalid_admin_token")
+    return snapshot
+
+
+def masked(provider: ProviderConfig) -> dict:
+    """A provider as the API shows it: no key, no sealed value, no secret header."""
+    t = provider.timeouts
+    return {
+        "name": provider.name,
+        "provider_type": provider.provider_type,
+        "base_url": provider.base_url,
+        "api_key": MASK if provider.api_key is not None else None,
+        "headers": {k: MASK if _SECRETISH_HEADER.search(k) else v for k, v in provider.headers},
+        "models": list(provider.models) if provider.models is not None else None,
+        "timeouts": {"connect": t.connect, "first_byte": t.first_byte, "idle": t.idle},
+        "max_connections": provider.max_connections,
+        "source": provider.source,
+    }
+
+
+def _find(snapshot: Snapshot, name: str) -> ProviderConfig:
+    provider = snapshot.config.provider(name)
+    if provider is None:
+        raise _error(404, f"No provider named '{name}'", "provider_not_found")
+    return provider
+
+
+def _check_writable(snapshot: Snapshot) -> Path:
+    admin = snapshot.config.admin
+    if admin is not None and not admin.writable:
+        raise _error(
+            409,
+            "The admin API is read-only (admin.writable: false): change providers "
+            "through the config repository",
+            "read_only",
+        )
+    problem = store.writable_problem(snapshot.config.include)
+    if problem:
+        raise _error(409, f"Cannot store providers: {problem}", "store_not_writable")
+    return snapshot.config.include  # type: ignore[return-value]
+
+
+async def _body(request: web.Request) -> dict:
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise _error(400, "The request body is not valid JSON", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise _error(422, "The request body must be a JSON object", "invalid_provider")
+    for key in data:
+        if key not in WRITABLE_FIELDS:
+            known = ", ".join(store.FIELD_ORDER)
+            raise _error(422, f"Unknown field '{key}' (known: {known})", "invalid_field", key)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _validate(record: dict, path: Path) -> None:
+    _, problems = parse_provider(record, path)
+    if problems:
+        first = problems[0]
+        raise _error(422, first.message, "invalid_field", first.field or "name")
+
+
+def _seal_key(record: dict, sealer: Callable[[str, str], str] | None) -> None:
+    """Replace a plain-text api_key with its sealed form (scope = provider name)."""
+    key = record.get("api_key")
+    if key is None or not isinstance(key, str) or key.startswith(("sealed:", "env:")):
+        return
+    if sealer is None:
+        raise _error(
+            409,
+            "Cannot store an API key: the gateway has no seal key (seal_key_file) to seal it "
+            "with; use an env:NAME reference or configure a key",
+            "no_seal_key",
+            "api_key",
+        )
+    record["api_key"] = sealer(key, record["name"])
+
+
+def sealer_for(snapshot: Snapshot) -> Callable[[str, str], str] | None:
+    keyring = getattr(snapshot, "keyring", None)
+    return keyring.seal if keyring is not None else None
+
+
+async def _commit(request: web.Request, path: Path, text: str | None) -> Snapshot:
+    """Write (or delete, text=None) one fragment and reload; undo if the reload fails."""
+    state = request.app[ADMIN]
+    previous = path.read_text(encoding="utf-8") if path.exists() else None
+    if text is None:
+        store.remove(path)
+    else:
+        store.write_atomic(path, text)
+    if state.reloader.reload():
+        return state.reloader.holder.current
+    # The new file made the whole config invalid (e.g. a sealed value that
+    # does not unseal): put the old file back so the directory stays valid.
+    if previous is None:
+        store.remove(path)
+    else:
+        store.write_atomic(path, previous)
+    error = state.reloader.status.last_error or "the new config was rejected"
+    raise _error(422, error, "config_rejected")
+
+
+# -- handlers -----------------------------------------------------------------
+
+
+async def list_providers(request: web.Request) -> web.Response:
+    snapshot = authorize(request)
+    return _json({"providers": [masked(p) for p in snapshot.config.providers]})
+
+
+async def get_provider(request: web.Request) -> web.Response:
+    snapshot = authorize(request)
+    return _json(masked(_find(snapshot, request.match_info["name"])))
+
+
+async def create_provider(request: web.Request) -> web.Response:
+    snapshot = authorize(request)
+    record = await _body(request)
+    async with request.app[ADMIN].lock:
+        snapshot = request.app[ADMIN].reloader.holder.current
+        include = _check_writable(snapshot)
+        name = record.get("name")
+        path = store.fragment_path(include, name if isinstance(name, str) else "_")
+        _validate(record, path)
+        if snapshot.config.provider(name) is not None or path.exists():
+            raise _error(409, f"A provider named '{name}' already exists", "duplicate_name", "name")
+        _seal_key(record, sealer_for(snapshot))
+        snapshot = await _commit(request, path, store.render(record))
+    return _json(masked(_find(snapshot, name)), status=201)
+
+
+async def replace_provider(request: web.Request) -> web.Response:
+    authorize(request)
+    name = request.match_info["name"]
+    record = await _body(request)
+    if record.setdefault("name", name) != name:
+        raise _error(422, "The name in the body must match the URL", "invalid_field", "name")
+    async with request.app[ADMIN].lock:
+        snapshot = request.app[ADMIN].reloader.holder.current
+        existing = _find(snapshot, name)
+        if existing.source != "store":
+            raise _error(
+                409,
+                f"Provider '{name}' is defined in the main config file "
+                f"({existing.file}); edit it there",
+                "read_only_provider",
+            )
+        include = _check_writable(snapshot)
+        path = Path(existing.file)
+        if record.get("api_key") in (None, MASK):
+            # Keep the stored key: exactly the text on disk (sealed or env:).
+            stored = store.read_raw(path).get("api_key")
+            record.pop("api_key", None)
+            if stored is not None:
+                record["api_key"] = stored
+        _validate(record, path)
+        _seal_key(record, sealer_for(snapshot))
+        if path.parent != include:  # defensive: only ever write inside include/
+            raise _error(409, f"Provider '{name}' is not in the store directory", "read_only_provider")
+        snapshot = await _commit(request, path, store.render(record))
+    return _json(masked(_find(snapshot, name)))
+
+
+async def delete_provider(request: web.Request) -> web.Response:
+    authorize(request)
+    name = request.match_info["name"]
+    async with request.app[ADMIN].lock:
+        snapshot = request.app[ADMIN].reloader.holder.current
+        existing = _find(snapshot, name)
+        if existing.source != "store":
+            raise _error(
+                409,
+                f"Provider '{name}' is defined in the main config file ({existing.file}); "
+                "remove it there",
+                "read_only_provider",
+            )
+        _check_writable(snapshot)
+        await _commit(request, Path(existing.file), None)
+    return web.Response(status=204)
+
+
+def _runtime(snapshot: Snapshot, name: str) -> ProviderRuntime:
+    _find(snapshot, name)
+    return snapshot.providers[name]
+
+
+async def provider_models(request: web.Request) -> web.Response:
+    """The upstream's own list, as reported (never the static list, never cached)."""
+    snapshot = authorize(request)
+    runtime = _runtime(snapshot, request.match_info["name"])
+    try:
+        models = await fetch_upstream_models(runtime, snapshot.config.models.fetch_timeout)
+    except UpstreamListError as exc:
+        raise GatewayError(
+            502,
+            f"Provider '{runtime.name}': {exc}",
+            "upstream_error",
+            upstream_status=exc.status,
+            upstream_body=exc.body,
+        ) from None
+    return _json({"object": "list", "data": models})
+
+
+async def verify_provider(request: web.Request) -> web.Response:
+    """One small chat request: does the provider answer with this key?"""
+    snapshot = authorize(request)
+    runtime = _runtime(snapshot, request.match_info["name"])
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        body = {}
+    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(model, str) or not model:
+        if runtime.config.models:
+            model = runtime.config.models[0]
+        else:
+            try:
+                listed = await fetch_upstream_models(runtime, snapshot.config.models.fetch_timeout)
+            except UpstreamListError as exc:
+                return _json({"valid": False, "error": str(exc)})
+            if not listed:
+                return _json({"valid": False, "error": "the provider lists no models"})
+            model = listed[0]["id"]
+    payload = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    headers = dict(runtime.upstream_headers)
+    headers["Accept-Encoding"] = "identity"
+    timeout = aiohttp.ClientTimeout(total=max(snapshot.config.models.fetch_timeout, 30.0))
+    try:
+        async with runtime.session.post(
+            runtime.urls["chat/completions"],
+            data=orjson.dumps(payload),
+            headers={**headers, "Content-Type": "application/json"},
+            allow_redirects=False,
+            timeout=timeout,
+        ) as resp:
+            text = (await resp.read())[:500].decode("utf-8", "replace")
+            if resp.status == 200:
+                return _json({"valid": True, "model": model})
+            return _json({"valid": False, "model": model, "error": f"HTTP {resp.status}: {text}"})
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return _json({"valid": False, "model": model, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _wrap(handler):
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            return exc.response()
+
+    return wrapped
+
+
+def add_admin_routes(app: web.Application, reloader: Reloader) -> None:
+    app[ADMIN] = AdminState(reloader)
+    r = app.router
+    r.add_get("/admin/providers", _wrap(list_providers))
+    r.add_post("/admin/providers", _wrap(create_provider))
+    r.add_get("/admin/providers/{name}", _wrap(get_provider))
+    r.add_put("/admin/providers/{name}", _wrap(replace_provider))
+    r.add_delete("/admin/providers/{name}", _wrap(delete_provider))
+    r.add_get("/admin/providers/{name}/models", _wrap(provider_models))
+    r.add_post("/admin/providers/{name}/verify", _wrap(verify_provider))
