@@ -1,7 +1,9 @@
 """HTTP routes: the OpenAI-compatible API, health, and the catch-all 404.
 
-Handlers read `holder.current` once, at the start: a request runs to its end
-on the snapshot it started with, whatever reloads happen meanwhile.
+Handlers lease the snapshot once, at the start (`holder.acquire()`), and
+release it when the response is done: a request runs to its end on the
+snapshot it started with, and its providers' pools stay open until then,
+whatever reloads happen meanwhile.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ from aiohttp import hdrs, web
 
 from .errors import GatewayError, error_response
 from .forwarder import forward
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 from .models import find_model, list_models
+from .reload import Reloader
 from .snapshot import Snapshot, SnapshotHolder
 
 HOLDER = web.AppKey("holder", SnapshotHolder)
+METRICS = web.AppKey("metrics", Metrics)
+# Absent when the app serves a fixed snapshot (no reloads).
+RELOADER = web.AppKey("reloader", Reloader)
 # aiohttp's own cap; the real body limit is enforced in forwarder.read_body
 # so that a reload can change it.
 _CLIENT_MAX_SIZE = 1 << 40
@@ -50,25 +58,34 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 async def _proxy(endpoint: str, request: web.Request) -> web.StreamResponse:
-    snapshot = request.app[HOLDER].current
+    holder = request.app[HOLDER]
+    snapshot = holder.acquire()
     try:
         check_auth(request, snapshot)
-        return await forward(request, snapshot, endpoint)
+        # forward() returns only after the last byte is written, so the
+        # lease covers the whole stream.
+        return await forward(request, snapshot, endpoint, request.app[METRICS])
     except GatewayError as exc:
         return exc.response()
+    finally:
+        holder.release(snapshot)
 
 
 async def models_list(request: web.Request) -> web.Response:
-    snapshot = request.app[HOLDER].current
+    holder = request.app[HOLDER]
+    snapshot = holder.acquire()
     try:
         check_auth(request, snapshot)
+        return _json({"object": "list", "data": await list_models(snapshot)})
     except GatewayError as exc:
         return exc.response()
-    return _json({"object": "list", "data": await list_models(snapshot)})
+    finally:
+        holder.release(snapshot)
 
 
 async def models_get(request: web.Request) -> web.Response:
-    snapshot = request.app[HOLDER].current
+    holder = request.app[HOLDER]
+    snapshot = holder.acquire()
     model_id = request.match_info["model_id"]
     try:
         check_auth(request, snapshot)
@@ -77,9 +94,11 @@ async def models_get(request: web.Request) -> web.Response:
             raise GatewayError(
                 404, f"The model '{model_id}' does not exist", "model_not_found", param="model"
             )
+        return _json(found)
     except GatewayError as exc:
         return exc.response()
-    return _json(found)
+    finally:
+        holder.release(snapshot)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -88,14 +107,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     snapshot = request.app[HOLDER].current
-    return _json(
-        {
-            "status": "ready",
-            "config_hash": snapshot.digest,
-            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snapshot.loaded_at)),
-            "providers": len(snapshot.providers),
-        }
-    )
+    body: dict[str, object] = {
+        "status": "ready",
+        "config_hash": snapshot.digest,
+        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snapshot.loaded_at)),
+        "providers": len(snapshot.providers),
+    }
+    reloader = request.app.get(RELOADER)
+    if reloader is not None:
+        # A rejected reload leaves the gateway ready (the old config serves);
+        # it shows here for operators instead.
+        body["reload"] = reloader.status.as_dict()
+    return _json(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -104,9 +132,12 @@ async def not_found(request: web.Request) -> web.Response:
     )
 
 
-def create_app(holder: SnapshotHolder) -> web.Application:
+def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.Application:
     app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
     app[HOLDER] = holder
+    app[METRICS] = Metrics()
+    if reloader is not None:
+        app[RELOADER] = reloader
     r = app.router
     r.add_post("/v1/chat/completions", partial(_proxy, "chat/completions"))
     r.add_post("/v1/completions", partial(_proxy, "completions"))
@@ -115,6 +146,7 @@ def create_app(holder: SnapshotHolder) -> web.Application:
     r.add_get("/v1/models/{model_id:.+}", models_get)
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
     r.add_route("*", "/{tail:.*}", not_found)
 
     async def close_pools(app: web.Application) -> None:

@@ -1,12 +1,15 @@
-"""Command line: `gateway serve | check | demo-upstream`."""
+"""Command line: `gateway serve | check | keygen | seal | demo-upstream`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -28,6 +31,14 @@ def _listen_arg(value: str) -> str:
         parse_listen(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
+    return value
+
+
+def _key_name_arg(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: use letters, digits, '.', '-' and '_' (no slashes)"
+        )
     return value
 
 
@@ -60,6 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and unseal every secret")
     check.add_argument("--config", help=config_help)
+
+    keygen = sub.add_parser("keygen", help="create a key pair for sealing secrets")
+    keygen.add_argument(
+        "--out", required=True, help="directory for NAME.key (private, mode 0600) and NAME.pub"
+    )
+    keygen.add_argument(
+        "--name",
+        type=_key_name_arg,
+        default="seal",
+        help="file name without extension (default: seal); e.g. seal-2025-07 for rotation",
+    )
+
+    seal = sub.add_parser(
+        "seal", help="seal a secret read from standard input; prints sealed:v1:..."
+    )
+    seal.add_argument("--public-key", required=True, help="the public key file (seal.pub)")
+    seal.add_argument(
+        "--scope",
+        required=True,
+        help="where the value will be used: the provider's name, 'auth' or 'admin'",
+    )
+    # Catches a secret typed as an argument, so that argparse does not echo
+    # it back in an "unrecognized arguments" error.
+    seal.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
 
     demo = sub.add_parser("demo-upstream", help="run only the built-in demo upstream")
     demo.add_argument("--listen", type=_listen_arg, default=DEMO_LISTEN)
@@ -107,6 +142,84 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .sealing import write_keypair
+
+    try:
+        key_path, pub_path, kid = write_keypair(args.out, args.name)
+    except FileExistsError as exc:
+        print(f"gateway keygen: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gateway keygen: cannot write keys in {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"private key: {key_path} (mode 0600: never commit it; mount it as a Secret)")
+    print(f"public key:  {pub_path} (key id {kid}: safe to commit)")
+    print(f"next: gateway seal --public-key {pub_path} --scope PROVIDER_NAME")
+    return 0
+
+
+MAX_SECRET_BYTES = 64 * 1024
+
+
+def _read_secret(scope: str) -> str:
+    """The secret from standard input: hidden when typed, one trailing newline dropped."""
+    from .secrets import SecretError
+
+    if sys.stdin is None:
+        raise SecretError("no standard input to read the secret from")
+    if sys.stdin.isatty():
+        with warnings.catch_warnings():
+            # getpass falls back to echoing with only a warning; refuse instead.
+            warnings.simplefilter("error", getpass.GetPassWarning)
+            try:
+                return getpass.getpass(f"Secret for scope '{scope}' (input hidden): ")
+            except getpass.GetPassWarning:
+                raise SecretError(
+                    "cannot turn off echo on this terminal; pipe the secret in instead"
+                ) from None
+            except EOFError:
+                raise SecretError("no secret given") from None
+    data = sys.stdin.buffer.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise SecretError(f"the secret is longer than {MAX_SECRET_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretError("the secret on standard input is not UTF-8 text") from None
+    # `echo KEY | gateway seal` and a file ending in a newline both mean KEY.
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith("\n") else text
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    from .sealing import check_scope, load_public_key
+    from .secrets import SecretError
+
+    if args.stray:
+        print(
+            "gateway seal: the secret is read from standard input, never from the command "
+            "line (arguments end up in shell history and `ps`: if that was a real key, "
+            "rotate it)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        # Key and scope first, so that nobody types a secret for nothing.
+        public = load_public_key(args.public_key)
+        check_scope(args.scope)
+        sealed = public.seal(_read_secret(args.scope), args.scope)
+    except SecretError as exc:
+        print(f"gateway seal: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    print(sealed)
+    return 0
+
+
 def cmd_demo_upstream(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -126,5 +239,11 @@ def _indent(exc: ConfigError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"serve": cmd_serve, "check": cmd_check, "demo-upstream": cmd_demo_upstream}
+    handler = {
+        "serve": cmd_serve,
+        "check": cmd_check,
+        "keygen": cmd_keygen,
+        "seal": cmd_seal,
+        "demo-upstream": cmd_demo_upstream,
+    }
     return handler[args.command](args)

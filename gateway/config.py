@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -24,6 +25,7 @@ DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 DEFAULT_LISTEN = "127.0.0.1:8080"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 PROVIDER_TYPES = ("custom", "openai")
+RESERVED_NAMES = frozenset({"auth", "admin"})
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Headers the gateway owns: letting config set them would break forwarding.
@@ -125,6 +127,16 @@ class AdminConfig:
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
+    # One request line or header field; long enough for big JWTs.
+    max_header_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """One JSON line per request on the `gateway.access` logger, when enabled."""
+
+    enabled: bool = False
+    sample_rate: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +157,9 @@ class GatewayConfig:
     providers: tuple[ProviderConfig, ...]
     limits: Limits = Limits()
     models: ModelsSettings = ModelsSettings()
+    # alias -> ((provider, model), ...) tried in order until one answers
+    aliases: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    access_log: AccessLog = AccessLog()
     files: tuple[Path, ...] = ()  # every file read, for the reload watcher
 
     def provider(self, name: str) -> ProviderConfig | None:
@@ -158,7 +173,18 @@ class GatewayConfig:
 # Parsing
 
 
-TOP_KEYS = {"listen", "include", "seal_key_file", "auth", "admin", "providers", "limits", "models"}
+TOP_KEYS = {
+    "listen",
+    "include",
+    "seal_key_file",
+    "auth",
+    "admin",
+    "providers",
+    "aliases",
+    "limits",
+    "models",
+    "access_log",
+}
 PROVIDER_KEYS = {
     "name",
     "provider_type",
@@ -238,6 +264,12 @@ class _Parser:
                 "name",
             )
             pname = label or "?"
+        elif name in RESERVED_NAMES:
+            # These are the scopes of auth.api_keys and admin.token: a
+            # provider by that name could be handed their sealed values and
+            # send them to a base_url of anyone's choosing.
+            self.problem(file, f"'{name}' is reserved; choose another name", name, "name")
+            pname = name
         else:
             pname = name
             if name in self.names:
@@ -460,13 +492,32 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         if not isinstance(raw, Mapping):
             parser.problem(path, "must be a mapping", field="limits")
         else:
-            parser.unknown_keys(raw, {"max_body_bytes"}, path, prefix="limits.")
-            if "max_body_bytes" in raw:
-                v = parser.number(
-                    raw["max_body_bytes"], file=path, field="limits.max_body_bytes", integer=True
-                )
+            allowed = {"max_body_bytes", "max_header_bytes"}
+            parser.unknown_keys(raw, allowed, path, prefix="limits.")
+            values = {}
+            for key in allowed & raw.keys():
+                v = parser.number(raw[key], file=path, field=f"limits.{key}", integer=True)
                 if v:
-                    limits = Limits(max_body_bytes=v)
+                    values[key] = v
+            limits = Limits(**values)
+
+    access_log = AccessLog()
+    if data.get("access_log") is not None:
+        raw = data["access_log"]
+        if isinstance(raw, bool):
+            access_log = AccessLog(enabled=raw)
+        elif not isinstance(raw, Mapping):
+            parser.problem(path, "must be true, false or a mapping", field="access_log")
+        else:
+            parser.unknown_keys(raw, {"enabled", "sample_rate"}, path, prefix="access_log.")
+            enabled = raw.get("enabled", True)
+            rate = raw.get("sample_rate", 1.0)
+            if not isinstance(enabled, bool):
+                parser.problem(path, "must be true or false", field="access_log.enabled")
+            elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+                parser.problem(path, "must be a number in (0, 1]", field="access_log.sample_rate")
+            else:
+                access_log = AccessLog(enabled=enabled, sample_rate=float(rate))
 
     models = ModelsSettings()
     if data.get("models") is not None:
@@ -512,6 +563,35 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
                         continue
                     providers.append(p)
 
+    aliases: dict[str, tuple[tuple[str, str], ...]] = {}
+    raw_aliases = data.get("aliases") or {}
+    if not isinstance(raw_aliases, Mapping):
+        parser.problem(path, "must map an alias name to a list of PROVIDER/MODEL", field="aliases")
+        raw_aliases = {}
+    for alias, targets in raw_aliases.items():
+        fname = f"aliases.{alias}"
+        if not isinstance(alias, str) or not alias:
+            parser.problem(path, "an alias name must be a non-empty string", field=fname)
+            continue
+        if alias.partition("/")[0] in parser.names:
+            parser.problem(
+                path, "an alias must not start with a provider name and '/'", field=fname
+            )
+            continue
+        if not isinstance(targets, list) or not targets:
+            parser.problem(path, "must be a non-empty list of PROVIDER/MODEL", field=fname)
+            continue
+        resolved = []
+        for i, target in enumerate(targets):
+            provider, _, model = target.partition("/") if isinstance(target, str) else ("", "", "")
+            if not model:
+                parser.problem(path, "must be PROVIDER/MODEL", field=f"{fname}[{i}]")
+            elif provider not in parser.names:
+                parser.problem(path, f"no provider named '{provider}'", field=f"{fname}[{i}]")
+            else:
+                resolved.append((provider, model))
+        aliases[alias] = tuple(resolved)
+
     if parser.problems:
         raise ConfigError(parser.problems)
     return GatewayConfig(
@@ -525,6 +605,8 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         providers=tuple(providers),
         limits=limits,
         models=models,
+        aliases=MappingProxyType(aliases),
+        access_log=access_log,
         files=tuple(files),
     )
 

@@ -11,6 +11,10 @@ bodies pass through. Redirects are never followed.
 from __future__ import annotations
 
 import logging
+import re
+from random import random
+from secrets import token_hex
+from time import perf_counter
 
 import aiohttp
 import orjson
@@ -18,6 +22,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from .errors import GatewayError
+from .metrics import Metrics
 from .router import route
 from .snapshot import ProviderRuntime, Snapshot
 
@@ -173,105 +178,251 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def forward(request: web.Request, snapshot: Snapshot, endpoint: str) -> web.StreamResponse:
-    """Handle one OpenAI-style POST: parse, route, forward, stream back."""
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_access_log = logging.getLogger("gateway.access")
+
+
+class UpstreamFailure(Exception):
+    """No usable response from one target; `error` is what the client gets if it was the last."""
+
+    def __init__(self, kind: str, error: GatewayError):
+        self.kind = kind
+        self.error = error
+
+
+class Outcome:
+    """What happened to one request: read by metrics and the access log."""
+
+    __slots__ = ("bytes", "error_kind", "model", "overhead", "provider", "status", "ttfb")
+
+    def __init__(self) -> None:
+        self.provider = "none"
+        self.model = "other"
+        self.status = 0
+        self.ttfb: float | None = None
+        self.bytes = 0
+        self.overhead = 0.0
+        self.error_kind: str | None = None  # the stream broke after headers
+
+
+def model_label(runtime: ProviderRuntime, model: str) -> str:
+    """`model` when a known list has it, else "other": labels stay bounded."""
+    known = runtime.config.models
+    if known is None:
+        cached = runtime.model_cache.models
+        known = () if cached is None else [m["id"] for m in cached]
+    return model if model in known else "other"
+
+
+async def forward(
+    request: web.Request, snapshot: Snapshot, endpoint: str, metrics: Metrics
+) -> web.StreamResponse:
+    """Handle one OpenAI-style POST: parse, route, forward, stream back.
+
+    Never raises for a client's or an upstream's fault: every outcome is a
+    response, counted in `metrics` and, when enabled, the access log.
+    """
+    t0 = perf_counter()
+    rid = request.headers.get("X-Request-Id")
+    if rid is None or not _REQUEST_ID_RE.match(rid):
+        rid = token_hex(8)
+    outcome = Outcome()
+    try:
+        resp = await _forward(request, snapshot, endpoint, metrics, rid, outcome, t0)
+    except GatewayError as exc:
+        resp = exc.response()
+        resp.headers["X-Request-Id"] = rid
+        outcome.status = exc.status
+    duration = perf_counter() - t0
+    metrics.request_done(
+        outcome.provider, outcome.model, outcome.status, duration, outcome.ttfb, outcome.bytes
+    )
+    if outcome.overhead:
+        metrics.overhead.observe(outcome.overhead)
+    if outcome.error_kind is not None:
+        metrics.upstream_error(outcome.provider, outcome.error_kind)
+    settings = snapshot.config.access_log
+    if settings.enabled and (settings.sample_rate >= 1 or random() < settings.sample_rate):
+        _log_access(request, rid, outcome, duration)
+    return resp
+
+
+def _log_access(request: web.Request, rid: str, o: Outcome, duration: float) -> None:
+    _access_log.info(
+        orjson.dumps(
+            {
+                "request_id": rid,
+                "method": request.method,
+                "path": request.path,
+                "provider": o.provider,
+                "model": o.model,
+                "status": o.status,
+                "duration_ms": round(duration * 1000, 3),
+                "ttfb_ms": None if o.ttfb is None else round(o.ttfb * 1000, 3),
+                "overhead_ms": round(o.overhead * 1000, 3),
+                "bytes": o.bytes,
+            }
+        ).decode()
+    )
+
+
+async def _forward(
+    request: web.Request,
+    snapshot: Snapshot,
+    endpoint: str,
+    metrics: Metrics,
+    rid: str,
+    outcome: Outcome,
+    t0: float,
+) -> web.StreamResponse:
     body = await read_body(request, snapshot.config.limits.max_body_bytes)
     payload, model = parse_model(body)
-    runtime, upstream_model = await route(snapshot, model)
-    if upstream_model != model:
-        body = rewrite_model(body, payload, upstream_model)
-    headers = upstream_request_headers(request.headers, runtime)
-    runtime.acquire()
-    try:
-        return await _exchange(request, runtime, runtime.urls[endpoint], body, headers)
-    finally:
-        runtime.release()
+    targets = await route(snapshot, model)
+    last = len(targets) - 1
+    for i, (runtime, upstream_model) in enumerate(targets):
+        name = runtime.name
+        outcome.provider = name
+        outcome.model = model_label(runtime, upstream_model)
+        data = body if upstream_model == model else rewrite_model(body, payload, upstream_model)
+        headers = upstream_request_headers(request.headers, runtime)
+        headers["X-Request-Id"] = rid
+        runtime.acquire()
+        metrics.stream_started(name)
+        try:
+            before_upstream = perf_counter() - t0
+            t_sent = perf_counter()
+            try:
+                upstream = await _send(runtime, runtime.urls[endpoint], data, headers)
+            except UpstreamFailure as exc:
+                metrics.upstream_error(name, exc.kind)
+                if i < last:
+                    metrics.failover(model)
+                    continue
+                outcome.overhead = before_upstream
+                raise exc.error from None
+            status = upstream.status
+            if i < last and (status == 429 or status >= 500):
+                # Nothing reached the client yet: the next target may do better.
+                upstream.close()
+                metrics.upstream_error(name, "status")
+                metrics.failover(model)
+                continue
+            return await _relay(request, runtime, upstream, rid, outcome, t_sent, before_upstream)
+        finally:
+            metrics.stream_ended(name)
+            runtime.release()
+    raise AssertionError("unreachable: the last target always returns or raises")
 
 
-async def _exchange(
-    request: web.Request,
-    runtime: ProviderRuntime,
-    url,
-    body: bytes,
-    headers: CIMultiDict,
-) -> web.StreamResponse:
+async def _send(runtime: ProviderRuntime, url, data: bytes, headers: CIMultiDict):
+    """POST upstream and wait for the response headers. Raises UpstreamFailure."""
     name = runtime.name
+    t = runtime.config.timeouts
     try:
-        upstream = await runtime.session.post(
-            url, data=body, headers=headers, allow_redirects=False
-        )
+        return await runtime.session.post(url, data=data, headers=headers, allow_redirects=False)
     except aiohttp.ConnectionTimeoutError:
-        raise GatewayError(
-            504,
-            f"Provider '{name}' did not accept a connection within "
-            f"{runtime.config.timeouts.connect:g}s",
-            "upstream_connect_timeout",
-        ) from None
+        message = f"Provider '{name}' did not accept a connection within {t.connect:g}s"
+        error = GatewayError(504, message, "upstream_connect_timeout")
+        raise UpstreamFailure("connect_timeout", error) from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise GatewayError(
-            504,
-            f"Provider '{name}' sent no response within {runtime.config.timeouts.first_byte:g}s",
-            "upstream_timeout",
+        message = f"Provider '{name}' sent no response within {t.first_byte:g}s"
+        raise UpstreamFailure(
+            "first_byte_timeout", GatewayError(504, message, "upstream_timeout")
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        raise GatewayError(
-            502,
-            f"Cannot connect to provider '{name}' at {runtime.base_url.host}:"
-            f"{runtime.base_url.port}: {exc.os_error.strerror or exc.os_error}",
-            "upstream_unreachable",
+        where = f"{runtime.base_url.host}:{runtime.base_url.port}"
+        reason = exc.os_error.strerror or exc.os_error
+        message = f"Cannot connect to provider '{name}' at {where}: {reason}"
+        raise UpstreamFailure(
+            "connect", GatewayError(502, message, "upstream_unreachable")
         ) from None
     except aiohttp.ClientError as exc:
-        raise GatewayError(
-            502, f"Provider '{name}' failed: {type(exc).__name__}: {exc}", "upstream_error"
-        ) from None
+        message = f"Provider '{name}' failed: {type(exc).__name__}: {exc}"
+        kind = "reset" if isinstance(exc, aiohttp.ServerDisconnectedError) else "other"
+        raise UpstreamFailure(kind, GatewayError(502, message, "upstream_error")) from None
 
+
+async def _relay(
+    request: web.Request,
+    runtime: ProviderRuntime,
+    upstream: aiohttp.ClientResponse,
+    rid: str,
+    outcome: Outcome,
+    t_sent: float,
+    before_upstream: float,
+) -> web.StreamResponse:
+    """Send the upstream's status, headers and body to the client as they come."""
+    t_headers = perf_counter()
     finished = False
     try:
         status = upstream.status
         if 300 <= status < 400:
-            raise GatewayError(
-                502,
-                f"Provider '{name}' answered with a redirect ({status}); the gateway "
-                "never follows redirects (the provider's key would go along): "
-                "fix base_url",
-                "upstream_redirect",
+            raise UpstreamFailure(
+                "redirect",
+                GatewayError(
+                    502,
+                    f"Provider '{runtime.name}' answered with a redirect ({status}); the "
+                    "gateway never follows redirects (the provider's key would go along): "
+                    "fix base_url",
+                    "upstream_redirect",
+                ),
             )
         # Headers are in: from now on the limit is the gap between chunks.
         conn = upstream.connection
         if conn is not None and conn.protocol is not None:
             conn.protocol.read_timeout = runtime.config.timeouts.idle
             conn.protocol.start_timeout()  # re-arm: the old timer still has first_byte
-        out = web.StreamResponse(
-            status=status, reason=upstream.reason, headers=response_headers(upstream.headers)
-        )
+        headers = response_headers(upstream.headers)
+        upstream_rid = headers.get("X-Request-Id")
+        if upstream_rid is not None and upstream_rid != rid:
+            headers["X-Upstream-Request-Id"] = upstream_rid
+        headers["X-Request-Id"] = rid
+        overhead = before_upstream + (perf_counter() - t_headers)
+        headers["X-Gateway-Overhead-Ms"] = f"{overhead * 1000:.3f}"
+        outcome.overhead = overhead
+        outcome.status = status
+        out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
         await out.prepare(request)
         read = upstream.content.readany
         write = out.write
-        while True:
-            try:
-                chunk = await read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                # Bytes are already out: the status can no longer change. Cut
-                # the connection so the client sees a broken stream, not a
-                # clean end.
-                log.warning(
-                    "provider '%s' stream broke after headers: %s",
-                    name,
-                    f"{type(exc).__name__}: {exc}" if str(exc) else "idle timeout",
-                )
-                out.force_close()
-                if request.transport is not None:
-                    request.transport.close()
-                return out
-            if not chunk:
-                break
-            try:
-                await write(chunk)
-            except ConnectionError:
-                return out  # the client went away; `finally` drops the upstream
+        nbytes = 0
+        try:
+            while True:
+                try:
+                    chunk = await read()
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    # Bytes are already out: the status can no longer change.
+                    # Cut the connection so the client sees a broken stream,
+                    # not a clean end.
+                    timed_out = isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError))
+                    kind = "idle_timeout" if timed_out else "reset"
+                    log.warning(
+                        "request %s: provider '%s' stream broke after headers: %s",
+                        rid,
+                        runtime.name,
+                        f"{type(exc).__name__}: {exc}" if str(exc) else "idle timeout",
+                    )
+                    outcome.error_kind = kind
+                    out.force_close()
+                    if request.transport is not None:
+                        request.transport.close()
+                    return out
+                if not chunk:
+                    break
+                if not nbytes:
+                    outcome.ttfb = perf_counter() - t_sent
+                nbytes += len(chunk)
+                try:
+                    await write(chunk)
+                except ConnectionError:
+                    return out  # the client went away; `finally` drops the upstream
+        finally:
+            outcome.bytes = nbytes
         await out.write_eof()
         finished = True
         return out
+    except UpstreamFailure as exc:
+        raise exc.error from None
     finally:
         if finished:
             upstream.release()

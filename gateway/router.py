@@ -4,7 +4,8 @@
 `openrouter/meta-llama/llama-3-8b` goes to `openrouter` as
 `meta-llama/llama-3-8b`. A model without a known provider prefix is looked
 up in static `models:` lists first (no I/O), then in the providers' fetched
-lists (cached).
+lists (cached). An alias from `aliases:` names several targets, which the
+forwarder tries in order (failover before the first byte).
 """
 
 from __future__ import annotations
@@ -14,7 +15,18 @@ from .models import provider_listing
 from .snapshot import ProviderRuntime, Snapshot
 
 
-async def route(snapshot: Snapshot, model: str) -> tuple[ProviderRuntime, str]:
+Target = tuple[ProviderRuntime, str]
+
+
+async def route(snapshot: Snapshot, model: str) -> tuple[Target, ...]:
+    """The (provider, upstream model name) pairs to try, in order. Raises GatewayError 404."""
+    alias = snapshot.config.aliases.get(model)
+    if alias is not None:
+        return tuple((snapshot.providers[p], m) for p, m in alias)
+    return (await route_one(snapshot, model),)
+
+
+async def route_one(snapshot: Snapshot, model: str) -> Target:
     """Return (provider, model name to send upstream). Raises GatewayError 404."""
     prefix, sep, rest = model.partition("/")
     if sep:

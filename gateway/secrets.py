@@ -14,8 +14,12 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import Problem, SecretRef
+
+if TYPE_CHECKING:
+    from .config import GatewayConfig
 
 log = logging.getLogger("gateway.secrets")
 
@@ -109,3 +113,13 @@ class SecretResolver:
             except SecretError as exc:
                 problems.append(Problem(ref.file, str(exc), ref.provider, ref.field))
         return resolved, problems
+
+
+def config_secret_refs(config: GatewayConfig) -> list[SecretRef]:
+    """Every secret a config holds: provider keys, inbound API keys, the admin token."""
+    refs = [p.api_key for p in config.providers if p.api_key is not None]
+    if config.auth:
+        refs.extend(config.auth.api_keys)
+    if config.admin:
+        refs.append(config.admin.token)
+    return refs

@@ -14,6 +14,7 @@ from .app import create_app
 from .config import parse_listen
 from .reload import Reloader, load_snapshot
 from .snapshot import SnapshotHolder
+from .watcher import ConfigWatcher
 
 log = logging.getLogger("gateway.server")
 
@@ -39,11 +40,18 @@ async def start_demo_upstream(listen: str) -> web.AppRunner:
 
 
 async def start_gateway(
-    holder: SnapshotHolder, host: str, port: int, shutdown_grace: float = 30.0
+    holder: SnapshotHolder,
+    host: str,
+    port: int,
+    shutdown_grace: float = 30.0,
+    reloader: Reloader | None = None,
 ) -> web.AppRunner:
-    """Serve `holder`'s snapshots on host:port; `runner.addresses` has the bound port."""
+    """Serve `holder`'s snapshots on host:port; `runner.addresses` has the bound port.
+
+    With a `reloader`, /readyz reports its status.
+    """
     runner = web.AppRunner(
-        create_app(holder),
+        create_app(holder, reloader),
         access_log=None,
         handler_cancellation=True,  # a client that leaves cancels its upstream request
         shutdown_timeout=shutdown_grace,
@@ -58,34 +66,41 @@ async def serve(
     listen: str | None = None,
     demo_listen: str | None = None,
     shutdown_grace: float = 30.0,
+    watch_interval: float = 0.5,
 ) -> None:
     holder = SnapshotHolder(load_snapshot(config_path))
     config = holder.current.config
     host, port = parse_listen(listen) if listen else (config.listen_host, config.listen_port)
 
-    demo = await start_demo_upstream(demo_listen) if demo_listen else None
-    runner = await start_gateway(holder, host, port, shutdown_grace)
-    log.info(
-        "gateway listening on http://%s:%d/v1 with %d provider(s) (config %s)",
-        host,
-        port,
-        len(holder.current.providers),
-        holder.current.digest,
-    )
-
     reloader = Reloader(config_path, holder)
+    # Started before anything awaits, so a change made while the server
+    # starts is seen.
+    watcher = ConfigWatcher(reloader, interval=watch_interval)
+    watcher.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    demo = runner = None
     try:
+        demo = await start_demo_upstream(demo_listen) if demo_listen else None
+        runner = await start_gateway(holder, host, port, shutdown_grace, reloader)
+        log.info(
+            "gateway listening on http://%s:%d/v1 with %d provider(s) (config %s)",
+            host,
+            port,
+            len(holder.current.providers),
+            holder.current.digest,
+        )
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("stopping: finishing requests in flight (up to %gs)", shutdown_grace)
     finally:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        await watcher.stop()
+        if runner is not None:
+            await runner.cleanup()
         if demo is not None:
             await demo.cleanup()

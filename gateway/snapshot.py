@@ -5,13 +5,19 @@ resolved. Each provider gets a `ProviderRuntime`: its upstream URLs and
 headers computed once, and one shared `ClientSession` (connection pool).
 A reload builds a new snapshot, reusing the runtimes of providers whose
 config and key did not change (no reconnect storm), and then swaps
-`SnapshotHolder.current` in one assignment. Runtimes that were dropped are
-closed once their last in-flight request ends.
+`SnapshotHolder.current` in one assignment.
+
+Pools are closed by reference counting, so that no request ever loses its
+pool under it: a handler leases the snapshot it reads (`holder.acquire()` /
+`holder.release()`), each runtime counts the snapshots that hold it (the
+current one plus superseded ones still leased), and a runtime is closed when
+that count reaches zero and its last forwarded request has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -44,6 +50,7 @@ class ProviderRuntime:
         "inflight",
         "model_cache",
         "name",
+        "refs",
         "timeout",
         "upstream_headers",
         "urls",
@@ -68,6 +75,8 @@ class ProviderRuntime:
             total=None, connect=None, sock_connect=t.connect, sock_read=t.first_byte
         )
         self.inflight = 0
+        # Live snapshots holding this runtime (see SnapshotHolder).
+        self.refs = 0
         self.model_cache: ModelCache = ModelCache()
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
@@ -109,18 +118,44 @@ class ProviderRuntime:
     def release(self) -> None:
         self.inflight -= 1
         if self._closing and self.inflight == 0:
-            asyncio.get_running_loop().create_task(self.close())
+            _spawn_close(self)
 
     def retire(self) -> None:
-        """No new requests will come; close once the last one ends."""
+        """No snapshot holds this runtime any more; close once the last request ends."""
         self._closing = True
         if self.inflight == 0 and self._session is not None:
-            asyncio.get_running_loop().create_task(self.close())
+            _spawn_close(self)
+
+    @property
+    def closed(self) -> bool:
+        """Retired and without a pool (for operators and tests)."""
+        return self._closing and self._session is None
 
     async def close(self) -> None:
         s, self._session = self._session, None
         if s is not None and not s.closed:
             await s.close()
+
+
+# The loop keeps only weak references to tasks: hold closing tasks until done
+# so that a pool is never left half-closed by the garbage collector.
+_closing_tasks: set[asyncio.Task] = set()
+
+
+def _spawn_close(runtime: ProviderRuntime) -> None:
+    task = asyncio.get_running_loop().create_task(runtime.close())
+    _closing_tasks.add(task)
+    task.add_done_callback(_closing_tasks.discard)
+
+
+class SnapshotLease:
+    """A snapshot's mutable bookkeeping: requests using it, and whether it was superseded."""
+
+    __slots__ = ("superseded", "users")
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.superseded = False
 
 
 @dataclass
@@ -146,6 +181,7 @@ class Snapshot:
     admin_token: Secret | None
     digest: str
     loaded_at: float
+    lease: SnapshotLease = field(default_factory=SnapshotLease, compare=False, repr=False)
 
 
 def config_digest(config: GatewayConfig) -> str:
@@ -153,10 +189,8 @@ def config_digest(config: GatewayConfig) -> str:
     h = hashlib.sha256()
     for path in config.files:
         h.update(str(path).encode())
-        try:
+        with contextlib.suppress(OSError):
             h.update(path.read_bytes())
-        except OSError:
-            pass
     return h.hexdigest()[:16]
 
 
@@ -201,17 +235,65 @@ def build_snapshot(
 
 
 class SnapshotHolder:
-    """Holds the live snapshot: the gateway's only mutable reference."""
+    """Holds the live snapshot: the gateway's only mutable reference.
+
+    Every handler that uses a runtime leases the snapshot for the whole
+    request (`acquire` at the start, `release` in `finally`). A superseded
+    snapshot lets go of its runtimes when its last lease ends; a runtime that
+    no snapshot holds any more is retired (its pool closes after its last
+    request). All of this runs on the event loop thread.
+    """
 
     def __init__(self, snapshot: Snapshot):
         self.current = snapshot
+        # Superseded snapshots that still have requests, by id (Snapshot
+        # holds mappings, so it is not hashable).
+        self._draining: dict[int, Snapshot] = {}
+        _hold(snapshot)
+
+    def acquire(self) -> Snapshot:
+        """The current snapshot, leased until `release(snapshot)`."""
+        snapshot = self.current
+        snapshot.lease.users += 1
+        return snapshot
+
+    def release(self, snapshot: Snapshot) -> None:
+        lease = snapshot.lease
+        lease.users -= 1
+        if lease.superseded and lease.users == 0:
+            self._let_go(snapshot)
 
     def swap(self, new: Snapshot) -> Snapshot:
-        old, self.current = self.current, new
-        for name, runtime in old.providers.items():
-            if new.providers.get(name) is not runtime:
-                runtime.retire()
+        """Make `new` live in one assignment; return the snapshot it replaced."""
+        old = self.current
+        if new is old:
+            return old
+        # Hold the new snapshot's runtimes before letting go of the old one,
+        # so that a runtime both share never drops to zero.
+        _hold(new)
+        self.current = new
+        old.lease.superseded = True
+        if old.lease.users == 0:
+            self._let_go(old)
+        else:
+            self._draining[id(old)] = old
         return old
 
+    def _let_go(self, snapshot: Snapshot) -> None:
+        self._draining.pop(id(snapshot), None)
+        for runtime in snapshot.providers.values():
+            runtime.refs -= 1
+            if runtime.refs == 0:
+                runtime.retire()
+
     async def close(self) -> None:
-        await asyncio.gather(*(r.close() for r in self.current.providers.values()))
+        """Close every pool (at shutdown, once requests are over)."""
+        runtimes = {id(r): r for r in self.current.providers.values()}
+        for snapshot in self._draining.values():
+            runtimes.update((id(r), r) for r in snapshot.providers.values())
+        await asyncio.gather(*(r.close() for r in runtimes.values()))
+
+
+def _hold(snapshot: Snapshot) -> None:
+    for runtime in snapshot.providers.values():
+        runtime.refs += 1

@@ -22,6 +22,7 @@ from multidict import CIMultiDictProxy
 from gateway.reload import Reloader, load_snapshot
 from gateway.server import start_gateway
 from gateway.snapshot import SnapshotHolder
+from gateway.watcher import ConfigWatcher
 
 REPO = Path(__file__).resolve().parents[1]
 SSE_FIXTURES = REPO.parent / "shared" / "fixtures" / "sse"
@@ -144,6 +145,7 @@ class GatewayUnderTest:
     reloader: Reloader
     runner: web.AppRunner
     port: int
+    watcher: ConfigWatcher | None = None
 
     @property
     def url(self) -> str:
@@ -154,6 +156,8 @@ class GatewayUnderTest:
         return f"{self.url}/v1"
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
         await self.runner.cleanup()
 
 
@@ -168,11 +172,19 @@ def write_config(directory: Path, text: str, fragments: dict[str, str] | None = 
     return path
 
 
-async def start_gateway_from(path: Path) -> GatewayUnderTest:
-    holder = SnapshotHolder(load_snapshot(path))
-    runner = await start_gateway(holder, "127.0.0.1", 0, shutdown_grace=2.0)
+async def start_gateway_from(
+    path: Path, watch_interval: float | None = None, holder: SnapshotHolder | None = None
+) -> GatewayUnderTest:
+    """Start the gateway on `path`; with `watch_interval`, also its config watcher."""
+    holder = holder or SnapshotHolder(load_snapshot(path))
+    reloader = Reloader(path, holder)
+    runner = await start_gateway(holder, "127.0.0.1", 0, shutdown_grace=2.0, reloader=reloader)
     port = runner.addresses[0][1]
-    return GatewayUnderTest(path, holder, Reloader(path, holder), runner, port)
+    watcher = None
+    if watch_interval is not None:
+        watcher = ConfigWatcher(reloader, interval=watch_interval)
+        watcher.start()
+    return GatewayUnderTest(path, holder, reloader, runner, port, watcher)
 
 
 def provider_yaml(name: str, upstream: Upstream, **extra: object) -> str:

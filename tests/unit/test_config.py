@@ -233,3 +233,11 @@ def test_config_path_precedence(monkeypatch):
     assert str(config_path_from_env(None)) == "/env.yaml"
     monkeypatch.delenv("GATEWAY_CONFIG")
     assert str(config_path_from_env(None)) == "config/gateway.yaml"
+
+
+@pytest.mark.parametrize("name", ["auth", "admin"])
+def test_reserved_provider_names(tmp_path, name):
+    """auth/admin are secret scopes: a provider by that name could receive their sealed values."""
+    path = write(tmp_path, f"providers:\n  - name: {name}\n    base_url: http://h/v1\n")
+    [(_, provider, field, message)] = problems(path)
+    assert (provider, field) == (name, "name") and "reserved" in message
