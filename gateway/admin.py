@@ -40,6 +40,7 @@ class AdminState:
 
 
 ADMIN = web.AppKey("admin", AdminState)
+_LEASED = web.RequestKey("leased_snapshot", Snapshot)
 
 
 def _error(status: int, message: str, code: str, field: str | None = None) -> GatewayError:
@@ -52,7 +53,7 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 def authorize(request: web.Request) -> Snapshot:
-    snapshot = request.app[ADMIN].reloader.holder.current
+    snapshot = request[_LEASED]
     token = snapshot.admin_token
     if token is None:
         raise _error(404, "The admin API is disabled: set admin.token in the config", "admin_disabled")
@@ -137,11 +138,6 @@ def _seal_key(record: dict, sealer: Callable[[str, str], str] | None) -> None:
     record["api_key"] = sealer(key, record["name"])
 
 
-def sealer_for(snapshot: Snapshot) -> Callable[[str, str], str] | None:
-    keyring = getattr(snapshot, "keyring", None)
-    return keyring.seal if keyring is not None else None
-
-
 async def _commit(request: web.Request, path: Path, text: str | None) -> Snapshot:
     """Write (or delete, text=None) one fragment and reload; undo if the reload fails."""
     state = request.app[ADMIN]
@@ -186,7 +182,7 @@ async def create_provider(request: web.Request) -> web.Response:
         _validate(record, path)
         if snapshot.config.provider(name) is not None or path.exists():
             raise _error(409, f"A provider named '{name}' already exists", "duplicate_name", "name")
-        _seal_key(record, sealer_for(snapshot))
+        _seal_key(record, snapshot.seal)
         snapshot = await _commit(request, path, store.render(record))
     return _json(masked(_find(snapshot, name)), status=201)
 
@@ -216,7 +212,7 @@ async def replace_provider(request: web.Request) -> web.Response:
             if stored is not None:
                 record["api_key"] = stored
         _validate(record, path)
-        _seal_key(record, sealer_for(snapshot))
+        _seal_key(record, snapshot.seal)
         if path.parent != include:  # defensive: only ever write inside include/
             raise _error(409, f"Provider '{name}' is not in the store directory", "read_only_provider")
         snapshot = await _commit(request, path, store.render(record))
@@ -305,10 +301,17 @@ async def verify_provider(request: web.Request) -> web.Response:
 
 def _wrap(handler):
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        # Leased like every handler: a reload meanwhile cannot close the
+        # pools this request uses (models, verify).
+        holder = request.app[ADMIN].reloader.holder
+        snapshot = holder.acquire()
+        request[_LEASED] = snapshot
         try:
             return await handler(request)
         except GatewayError as exc:
             return exc.response()
+        finally:
+            holder.release(snapshot)
 
     return wrapped
 

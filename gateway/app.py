@@ -15,6 +15,7 @@ from functools import partial
 import orjson
 from aiohttp import hdrs, web
 
+from .admin import add_admin_routes
 from .errors import GatewayError, error_response
 from .forwarder import forward
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -24,6 +25,16 @@ from .reload import Reloader
 from .snapshot import Snapshot, SnapshotHolder
 
 HOLDER = web.AppKey("holder", SnapshotHolder)
+
+
+class Lifecycle:
+    """Process state the probes report; `draining` is set on SIGTERM."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
 # Absent when the app serves a fixed snapshot (no reloads).
 RELOADER = web.AppKey("reloader", Reloader)
@@ -107,8 +118,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     snapshot = request.app[HOLDER].current
+    draining = request.app[LIFECYCLE].draining
     body: dict[str, object] = {
-        "status": "ready",
+        "status": "draining" if draining else "ready",
         "config_hash": snapshot.digest,
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snapshot.loaded_at)),
         "providers": len(snapshot.providers),
@@ -118,7 +130,7 @@ async def readyz(request: web.Request) -> web.Response:
         # A rejected reload leaves the gateway ready (the old config serves);
         # it shows here for operators instead.
         body["reload"] = reloader.status.as_dict()
-    return _json(body)
+    return _json(body, status=503 if draining else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -136,9 +148,15 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
     app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
     app[HOLDER] = holder
     app[METRICS] = Metrics()
+    app[LIFECYCLE] = Lifecycle()
+    r = app.router
     if reloader is not None:
         app[RELOADER] = reloader
-    r = app.router
+        status = reloader.status
+        app[METRICS].reload_counts = lambda: (status.successes, status.failures)
+        # The admin API writes the store and reloads, so it needs a reloader;
+        # each request checks that the live config sets admin.token.
+        add_admin_routes(app, reloader)
     r.add_post("/v1/chat/completions", partial(_proxy, "chat/completions"))
     r.add_post("/v1/completions", partial(_proxy, "completions"))
     r.add_post("/v1/embeddings", partial(_proxy, "embeddings"))

@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to let requests in flight finish on SIGTERM (default 30)",
     )
+    serve.add_argument(
+        "--drain-delay",
+        type=float,
+        default=0.0,
+        help="seconds to keep accepting after SIGTERM while /readyz answers 503, so a "
+        "load balancer can stop routing first (default 0: a loopback sidecar needs none)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("GATEWAY_LOG_LEVEL", "info"))
 
     check = sub.add_parser("check", help="validate the config and unseal every secret")
@@ -115,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 listen=listen,
                 demo_listen=args.demo_listen if args.demo else None,
                 shutdown_grace=args.shutdown_grace,
+                drain_delay=args.drain_delay,
             )
         )
     except ConfigError as exc:

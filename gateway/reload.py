@@ -45,7 +45,7 @@ def resolver_for(config: GatewayConfig) -> SecretResolver:
         others = [r for r in config_secret_refs(config) if r.kind != "sealed"]
         problems.extend(SecretResolver().resolve_all(others)[1])
         raise ConfigError(problems) from None
-    return SecretResolver(unseal=keyring.unseal)
+    return SecretResolver(unseal=keyring.unseal, seal=keyring.seal)
 
 
 def load_snapshot(path: Path, previous: Snapshot | None = None) -> Snapshot:

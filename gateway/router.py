@@ -14,7 +14,6 @@ from .errors import GatewayError
 from .models import provider_listing
 from .snapshot import ProviderRuntime, Snapshot
 
-
 Target = tuple[ProviderRuntime, str]
 
 

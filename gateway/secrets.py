@@ -68,6 +68,9 @@ Unsealer = Callable[[str, str], str]
 @dataclass(frozen=True, slots=True)
 class SecretResolver:
     unseal: Unsealer | None = None
+    # Seals plain text for a scope with the gateway's own public key (the
+    # admin API stores keys this way); None when no key is loaded.
+    seal: Unsealer | None = None
     environ: dict[str, str] | None = None
     warn_plain: bool = True
 

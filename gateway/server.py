@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .app import create_app
+from .app import LIFECYCLE, create_app
 from .config import parse_listen
 from .reload import Reloader, load_snapshot
 from .snapshot import SnapshotHolder
@@ -48,13 +48,17 @@ async def start_gateway(
 ) -> web.AppRunner:
     """Serve `holder`'s snapshots on host:port; `runner.addresses` has the bound port.
 
-    With a `reloader`, /readyz reports its status.
+    With a `reloader`, /readyz reports its status and the admin API exists.
+    The header size limit is read once here: aiohttp fixes it per server.
     """
+    header_limit = holder.current.config.limits.max_header_bytes
     runner = web.AppRunner(
         create_app(holder, reloader),
         access_log=None,
         handler_cancellation=True,  # a client that leaves cancels its upstream request
         shutdown_timeout=shutdown_grace,
+        max_line_size=header_limit,
+        max_field_size=header_limit,
     )
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
@@ -67,6 +71,7 @@ async def serve(
     demo_listen: str | None = None,
     shutdown_grace: float = 30.0,
     watch_interval: float = 0.5,
+    drain_delay: float = 0.0,
 ) -> None:
     holder = SnapshotHolder(load_snapshot(config_path))
     config = holder.current.config
@@ -94,6 +99,13 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        # Readiness fails first, so a load balancer stops sending new
+        # requests; then the listener closes and requests in flight get up
+        # to the grace period to finish.
+        runner.app[LIFECYCLE].draining = True
+        if drain_delay > 0:
+            log.info("draining: /readyz answers 503; still accepting for %gs", drain_delay)
+            await asyncio.sleep(drain_delay)
         log.info("stopping: finishing requests in flight (up to %gs)", shutdown_grace)
     finally:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):

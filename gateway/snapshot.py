@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -181,6 +181,8 @@ class Snapshot:
     admin_token: Secret | None
     digest: str
     loaded_at: float
+    # (plain text, scope) -> sealed text with the gateway's public key, or None
+    seal: Callable[[str, str], str] | None = None
     lease: SnapshotLease = field(default_factory=SnapshotLease, compare=False, repr=False)
 
 
@@ -231,6 +233,7 @@ def build_snapshot(
         admin_token=secrets[config.admin.token] if config.admin else None,
         digest=config_digest(config),
         loaded_at=time.time(),
+        seal=resolver.seal,
     )
 
 
