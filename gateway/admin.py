@@ -56,7 +56,9 @@ def authorize(request: web.Request) -> Snapshot:
     snapshot = request[_LEASED]
     token = snapshot.admin_token
     if token is None:
-        raise _error(404, "The admin API is disabled: set admin.token in the config", "admin_disabled")
+        raise _error(
+            404, "The admin API is disabled: set admin.token in the config", "admin_disabled"
+        )
     scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
     if scheme.lower() != "bearer" or not token.matches(given.strip()):
         raise _error(401, "Missing or invalid admin token", "invalid_admin_token")
@@ -142,10 +144,18 @@ async def _commit(request: web.Request, path: Path, text: str | None) -> Snapsho
     """Write (or delete, text=None) one fragment and reload; undo if the reload fails."""
     state = request.app[ADMIN]
     previous = path.read_text(encoding="utf-8") if path.exists() else None
-    if text is None:
-        store.remove(path)
-    else:
-        store.write_atomic(path, text)
+    try:
+        if text is None:
+            store.remove(path)
+        else:
+            store.write_atomic(path, text)
+    except OSError as exc:
+        # e.g. a read-only ConfigMap mount: nothing was changed.
+        raise _error(
+            409,
+            f"Cannot write {path.name} in the store: {exc.strerror or exc}",
+            "store_not_writable",
+        ) from None
     if state.reloader.reload():
         return state.reloader.holder.current
     # The new file made the whole config invalid (e.g. a sealed value that
@@ -214,7 +224,9 @@ async def replace_provider(request: web.Request) -> web.Response:
         _validate(record, path)
         _seal_key(record, snapshot.seal)
         if path.parent != include:  # defensive: only ever write inside include/
-            raise _error(409, f"Provider '{name}' is not in the store directory", "read_only_provider")
+            raise _error(
+                409, f"Provider '{name}' is not in the store directory", "read_only_provider"
+            )
         snapshot = await _commit(request, path, store.render(record))
     return _json(masked(_find(snapshot, name)))
 
