@@ -277,7 +277,7 @@ async def test_ten_concurrent_writes_leave_a_consistent_store(admin_env, upstrea
     assert files == sorted(f"p{i}.yaml" for i in range(10))  # no temp files left
     for i in range(10):
         assert yaml.safe_load((store / f"p{i}.yaml").read_text())["name"] == f"p{i}"
-    status, listing = await call(s, "GET", f"{gw.url}/admin/providers")
+    _status, listing = await call(s, "GET", f"{gw.url}/admin/providers")
     assert {p["name"] for p in listing["providers"]} >= {f"p{i}" for i in range(10)}
     # Mixed concurrent updates and deletes stay consistent too.
     ops = [call(s, "DELETE", f"{gw.url}/admin/providers/p{i}") for i in range(5)]
