@@ -204,3 +204,73 @@ async def test_inbound_auth(gateway_factory, upstream, monkeypatch):
         async with s.get(f"{gw.url}/healthz") as r:
             assert r.status == 200  # probes need no key
     assert len(upstream.requests) == 2
+
+
+async def test_max_connections_caps_concurrent_upstream_requests(gateway_factory, upstream):
+    """With max_connections: 2, the third request waits for a free connection."""
+    active = 0
+    peak = 0
+    arrivals = 0
+    arrived = asyncio.Event()
+    release = asyncio.Queue()
+
+    async def handler(request):
+        nonlocal active, peak, arrivals
+        active += 1
+        arrivals += 1
+        peak = max(peak, active)
+        arrived.set()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await release.get()
+        await resp.write(b"data: done\n\n")
+        active -= 1
+        await resp.write_eof()
+        return resp
+
+    upstream.handler = handler
+    gw = await gateway_factory(
+        f"providers:\n  - name: up\n    base_url: {upstream.base_url}\n    max_connections: 2\n"
+    )
+    async with aiohttp.ClientSession() as s:
+
+        async def one():
+            async with s.post(f"{gw.base_url}/chat/completions", json=CHAT) as r:
+                return await r.read()
+
+        tasks = [asyncio.create_task(one()) for _ in range(4)]
+        for i in range(4):
+            # Two in flight at a time: the next arrives only once one ends.
+            while arrivals < min(i + 2, 4):
+                arrived.clear()  # no await since the check: no arrival is missed
+                await asyncio.wait_for(arrived.wait(), timeout=5)
+            await release.put(None)
+        bodies = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    assert bodies == [b"data: done\n\n"] * 4
+    assert peak == 2
+
+
+async def test_malformed_sse_passes_through_untouched(gateway, upstream):
+    """The gateway never parses the stream: garbage in, the same garbage out."""
+    garbage = [b"data: {not json\n", b"\x00\xff\xfe event without colon\r\n\n", b"data:"]
+    upstream.replay(garbage)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gateway.base_url}/chat/completions", json=dict(CHAT, stream=True)) as r,
+    ):
+        assert r.status == 200
+        assert await r.read() == b"".join(garbage)
+
+
+async def test_oversize_headers_are_rejected_and_gateway_stays_up(gateway_factory, upstream):
+    gw = await gateway_factory(
+        f"limits: {{max_header_bytes: 1024}}\nproviders:\n  - name: up\n    base_url: {upstream.base_url}\n"
+    )
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            f"{gw.base_url}/chat/completions", json=CHAT, headers={"X-Big": "x" * 4096}
+        ) as r:
+            assert r.status in (400, 431)
+        async with s.post(f"{gw.base_url}/chat/completions", json=CHAT) as r:
+            assert r.status == 200
+    assert len(upstream.requests) == 1
