@@ -8,6 +8,7 @@ whatever reloads happen meanwhile.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -124,6 +125,7 @@ async def readyz(request: web.Request) -> web.Response:
         "config_hash": snapshot.digest,
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snapshot.loaded_at)),
         "providers": len(snapshot.providers),
+        "pid": os.getpid(),  # tells `--workers` processes apart
     }
     reloader = request.app.get(RELOADER)
     if reloader is not None:

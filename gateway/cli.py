@@ -42,6 +42,12 @@ def _key_name_arg(value: str) -> str:
     return value
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway", description="OpenAI-compatible gateway for custom providers."
@@ -66,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds to let requests in flight finish on SIGTERM (default 30)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=int(os.environ.get("GATEWAY_WORKERS", "1")),
+        help="processes sharing the port with SO_REUSEPORT (default: $GATEWAY_WORKERS or 1)",
     )
     serve.add_argument(
         "--drain-delay",
@@ -109,29 +121,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .reload import load_snapshot
     from .server import install_uvloop, serve
+    from .workers import run_workers
 
     _setup_logging(args.log_level)
-    install_uvloop()
     path = config_path_from_env(args.config)
     listen = args.listen or os.environ.get("GATEWAY_LISTEN")
-    try:
-        asyncio.run(
-            serve(
-                path,
-                listen=listen,
-                demo_listen=args.demo_listen if args.demo else None,
-                shutdown_grace=args.shutdown_grace,
-                drain_delay=args.drain_delay,
+    workers = args.workers
+
+    def run_one(index: int) -> int:
+        install_uvloop()
+        try:
+            asyncio.run(
+                serve(
+                    path,
+                    listen=listen,
+                    # One demo upstream for the whole process tree.
+                    demo_listen=args.demo_listen if args.demo and index == 0 else None,
+                    shutdown_grace=args.shutdown_grace,
+                    drain_delay=args.drain_delay,
+                    reuse_port=workers > 1,
+                )
             )
-        )
+        except ConfigError as exc:
+            print(f"gateway: invalid configuration:\n{_indent(exc)}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"gateway: cannot start: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    if workers == 1:
+        return run_one(0)
+    try:
+        load_snapshot(path)  # fail once, in the parent, before forking
     except ConfigError as exc:
         print(f"gateway: invalid configuration:\n{_indent(exc)}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"gateway: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_workers(workers, run_one)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

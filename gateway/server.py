@@ -45,6 +45,7 @@ async def start_gateway(
     port: int,
     shutdown_grace: float = 30.0,
     reloader: Reloader | None = None,
+    reuse_port: bool = False,
 ) -> web.AppRunner:
     """Serve `holder`'s snapshots on host:port; `runner.addresses` has the bound port.
 
@@ -61,7 +62,7 @@ async def start_gateway(
         max_field_size=header_limit,
     )
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
     return runner
 
 
@@ -72,6 +73,7 @@ async def serve(
     shutdown_grace: float = 30.0,
     watch_interval: float = 0.5,
     drain_delay: float = 0.0,
+    reuse_port: bool = False,
 ) -> None:
     holder = SnapshotHolder(load_snapshot(config_path))
     config = holder.current.config
@@ -87,7 +89,7 @@ async def serve(
     demo = runner = None
     try:
         demo = await start_demo_upstream(demo_listen) if demo_listen else None
-        runner = await start_gateway(holder, host, port, shutdown_grace, reloader)
+        runner = await start_gateway(holder, host, port, shutdown_grace, reloader, reuse_port)
         log.info(
             "gateway listening on http://%s:%d/v1 with %d provider(s) (config %s)",
             host,

@@ -1,0 +1,78 @@
+"""`gateway serve --workers 2`: one port, two processes, signals reach both."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+
+import aiohttp
+import pytest
+
+from tests.support import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def readyz(url: str) -> dict:
+    # A new connection each time, so the kernel may pick either worker.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as s, s.get(f"{url}/readyz") as r:
+        return await r.json()
+
+
+async def until_both(url: str, predicate, tries: int = 400) -> dict[int, dict]:
+    """Poll /readyz until two different pids satisfy `predicate` (bounded)."""
+    seen: dict[int, dict] = {}
+    for _ in range(tries):
+        body = await readyz(url)
+        if predicate(body):
+            seen[body["pid"]] = body
+            if len(seen) == 2:
+                return seen
+        await asyncio.sleep(0.01)
+    pytest.fail(f"only saw workers {sorted(seen)} satisfy the condition")
+
+
+async def test_two_workers_share_the_port_and_get_signals(tmp_path, upstream):
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"providers:\n  - name: up\n    base_url: {upstream.base_url}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        "--listen", f"127.0.0.1:{port}", "--workers", "2",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):  # bounded wait for the first worker to listen
+            try:
+                await readyz(url)
+                break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        workers = await until_both(url, lambda b: True)
+        assert proc.pid not in workers  # the parent only supervises
+
+        # Both forward requests.
+        async with aiohttp.ClientSession() as s:
+            for _ in range(10):
+                async with s.post(f"{url}/v1/chat/completions", json={"model": "up/m"}) as r:
+                    assert r.status == 200
+
+        # SIGHUP reaches every worker: each counts one more successful reload.
+        base = {pid: b["reload"]["successes"] for pid, b in workers.items()}
+        proc.send_signal(signal.SIGHUP)
+        await until_both(url, lambda b: b["reload"]["successes"] > base.get(b["pid"], 1 << 30))
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
