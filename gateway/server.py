@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from .app import LIFECYCLE, create_app
 from .config import parse_listen
@@ -39,6 +40,25 @@ async def start_demo_upstream(listen: str) -> web.AppRunner:
     return runner
 
 
+class RedactMalformedRequests(logging.Filter):
+    """aiohttp logs a malformed request with a traceback quoting the bytes it
+    choked on, e.g. the start of an oversize Authorization header: a key.
+    Keep one line naming the kind of problem, without the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg = "rejected a malformed HTTP request: %s (status %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_REDACT = RedactMalformedRequests()
+
+
 async def start_gateway(
     holder: SnapshotHolder,
     host: str,
@@ -53,6 +73,9 @@ async def start_gateway(
     The header size limit is read once here: aiohttp fixes it per server.
     """
     header_limit = holder.current.config.limits.max_header_bytes
+    server_log = logging.getLogger("aiohttp.server")
+    if _REDACT not in server_log.filters:
+        server_log.addFilter(_REDACT)
     runner = web.AppRunner(
         create_app(holder, reloader),
         access_log=None,
