@@ -114,7 +114,7 @@ async def _body(request: web.Request) -> dict:
         if key not in WRITABLE_FIELDS:
             known = ", ".join(store.FIELD_ORDER)
             raise _error(422, f"Unknown field '{key}' (known: {known})", "invalid_field", key)
-    return {k: v for k, v in data.items() if v is not None}
+    return data
 
 
 def _validate(record: dict, path: Path) -> None:
@@ -171,9 +171,24 @@ async def _commit(request: web.Request, path: Path, text: str | None) -> Snapsho
 # -- handlers -----------------------------------------------------------------
 
 
+def _read_only_reason(snapshot: Snapshot) -> str | None:
+    admin = snapshot.config.admin
+    if admin is not None and not admin.writable:
+        return "admin.writable is false: change providers through the config repository"
+    return store.writable_problem(snapshot.config.include)
+
+
 async def list_providers(request: web.Request) -> web.Response:
     snapshot = authorize(request)
-    return _json({"providers": [masked(p) for p in snapshot.config.providers]})
+    reason = _read_only_reason(snapshot)
+    return _json(
+        {
+            "providers": [masked(p) for p in snapshot.config.providers],
+            # Lets a UI disable write controls up front instead of on a 409.
+            "writable": reason is None,
+            "read_only_reason": reason,
+        }
+    )
 
 
 async def get_provider(request: web.Request) -> web.Response:
@@ -183,7 +198,7 @@ async def get_provider(request: web.Request) -> web.Response:
 
 async def create_provider(request: web.Request) -> web.Response:
     snapshot = authorize(request)
-    record = await _body(request)
+    record = {k: v for k, v in (await _body(request)).items() if v is not None}
     async with request.app[ADMIN].lock:
         snapshot = request.app[ADMIN].reloader.holder.current
         include = _check_writable(snapshot)
@@ -200,7 +215,10 @@ async def create_provider(request: web.Request) -> web.Response:
 async def replace_provider(request: web.Request) -> web.Response:
     authorize(request)
     name = request.match_info["name"]
-    record = await _body(request)
+    body = await _body(request)
+    # `"api_key": null` removes the stored key; absent or "***" keeps it.
+    remove_key = "api_key" in body and body["api_key"] is None
+    record = {k: v for k, v in body.items() if v is not None}
     if record.setdefault("name", name) != name:
         raise _error(422, "The name in the body must match the URL", "invalid_field", "name")
     async with request.app[ADMIN].lock:
@@ -215,12 +233,21 @@ async def replace_provider(request: web.Request) -> web.Response:
             )
         include = _check_writable(snapshot)
         path = Path(existing.file)
-        if record.get("api_key") in (None, MASK):
-            # Keep the stored key: exactly the text on disk (sealed or env:).
-            stored = store.read_raw(path).get("api_key")
+        stored = store.read_raw(path)
+        if remove_key:
             record.pop("api_key", None)
-            if stored is not None:
-                record["api_key"] = stored
+        elif record.get("api_key") in (None, MASK):
+            # Keep the stored key: exactly the text on disk (sealed or env:).
+            record.pop("api_key", None)
+            if stored.get("api_key") is not None:
+                record["api_key"] = stored["api_key"]
+        headers = record.get("headers")
+        if isinstance(headers, dict):
+            # A masked value sent back means "unchanged", as for api_key.
+            old = stored.get("headers") or {}
+            for key, value in headers.items():
+                if value == MASK and key in old:
+                    headers[key] = old[key]
         _validate(record, path)
         _seal_key(record, snapshot.seal)
         if path.parent != include:  # defensive: only ever write inside include/

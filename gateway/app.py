@@ -24,6 +24,7 @@ from .metrics import Metrics
 from .models import find_model, list_models
 from .reload import Reloader
 from .snapshot import Snapshot, SnapshotHolder
+from .ui_routes import add_ui_routes
 
 HOLDER = web.AppKey("holder", SnapshotHolder)
 
@@ -167,6 +168,7 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
+    add_ui_routes(app)  # before the catch-all: routes match in order
     r.add_route("*", "/{tail:.*}", not_found)
 
     async def close_pools(app: web.Application) -> None:

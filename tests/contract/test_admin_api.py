@@ -290,3 +290,51 @@ async def test_ten_concurrent_writes_leave_a_consistent_store(admin_env, upstrea
     assert sorted(p.name for p in store.iterdir()) == sorted(f"p{i}.yaml" for i in range(5, 10))
     live = set(gw.holder.current.providers)
     assert live == {"fixed"} | {f"p{i}" for i in range(5, 10)}
+
+
+async def test_put_keeps_masked_header_values_and_can_remove_the_key(admin_env, upstream):
+    gw, s, store = admin_env
+    admin = f"{gw.url}/admin/providers"
+    body = new_provider(upstream, headers={"X-Api-Token": "hdr-secret", "X-Title": "demo"})
+    status, created = await call(s, "POST", admin, body)
+    assert status == 201
+    assert created["headers"] == {"X-Api-Token": "***", "X-Title": "demo"}
+
+    # Sending the masked record back unchanged keeps the secret header value.
+    echo = {k: created[k] for k in ("name", "provider_type", "base_url", "headers")}
+    echo["api_key"] = "***"
+    status, _ = await call(s, "PUT", f"{admin}/my-vllm", echo)
+    assert status == 200
+    on_disk = yaml.safe_load((store / "my-vllm.yaml").read_text())
+    assert on_disk["headers"]["X-Api-Token"] == "hdr-secret"
+    assert on_disk["api_key"].startswith("sealed:v1:")
+
+    # An explicit null removes the key.
+    echo["api_key"] = None
+    status, updated = await call(s, "PUT", f"{admin}/my-vllm", echo)
+    assert status == 200 and updated["api_key"] is None
+    assert "api_key" not in yaml.safe_load((store / "my-vllm.yaml").read_text())
+    async with aiohttp.ClientSession() as c, c.post(
+        f"{gw.base_url}/chat/completions", json={"model": "my-vllm/m"}
+    ) as r:
+        assert r.status == 200
+    assert "Authorization" not in upstream.requests[-1].headers
+    assert upstream.requests[-1].headers["X-Api-Token"] == "hdr-secret"
+
+
+async def test_listing_says_whether_writes_are_possible(admin_env, tmp_path, upstream, monkeypatch):
+    gw, s, _ = admin_env
+    _, listing = await call(s, "GET", f"{gw.url}/admin/providers")
+    assert listing["writable"] is True and listing["read_only_reason"] is None
+    cfg = tmp_path / "ro2"
+    (cfg / "providers.d").mkdir(parents=True)
+    path = write_config(
+        cfg,
+        'include: providers.d\nadmin: {token: "env:GW_ADMIN_TOKEN", writable: false}\n',
+    )
+    ro = await start_gateway_from(path)
+    try:
+        _, listing = await call(s, "GET", f"{ro.url}/admin/providers")
+        assert listing["writable"] is False and "writable" in listing["read_only_reason"]
+    finally:
+        await ro.close()
