@@ -314,9 +314,10 @@ async def test_put_keeps_masked_header_values_and_can_remove_the_key(admin_env, 
     status, updated = await call(s, "PUT", f"{admin}/my-vllm", echo)
     assert status == 200 and updated["api_key"] is None
     assert "api_key" not in yaml.safe_load((store / "my-vllm.yaml").read_text())
-    async with aiohttp.ClientSession() as c, c.post(
-        f"{gw.base_url}/chat/completions", json={"model": "my-vllm/m"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as c,
+        c.post(f"{gw.base_url}/chat/completions", json={"model": "my-vllm/m"}) as r,
+    ):
         assert r.status == 200
     assert "Authorization" not in upstream.requests[-1].headers
     assert upstream.requests[-1].headers["X-Api-Token"] == "hdr-secret"

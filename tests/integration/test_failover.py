@@ -33,9 +33,10 @@ async def alias_gateway(gateway_factory, *upstreams, extra: str = "") -> object:
 
 
 async def chat(gw, **extra):
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{gw.base_url}/chat/completions", json={"model": "smart", **extra}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.base_url}/chat/completions", json={"model": "smart", **extra}) as r,
+    ):
         return r.status, await r.read()
 
 
@@ -101,9 +102,10 @@ async def test_no_switch_once_bytes_flow(gateway_factory, upstream_factory):
 
     breaking.handler = handler
     gw = await alias_gateway(gateway_factory, breaking, spare)
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{gw.base_url}/chat/completions", json={"model": "smart", "stream": True}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.base_url}/chat/completions", json={"model": "smart", "stream": True}) as r,
+    ):
         assert r.status == 200
         try:
             await r.read()

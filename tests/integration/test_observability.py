@@ -24,9 +24,10 @@ async def scrape(gw) -> dict[tuple[str, tuple], float]:
 
 
 async def test_request_id_generated_passed_upstream_and_returned(gateway, upstream):
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{gateway.base_url}/chat/completions", json=CHAT
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gateway.base_url}/chat/completions", json=CHAT) as r,
+    ):
         rid = r.headers["X-Request-Id"]
         assert float(r.headers["X-Gateway-Overhead-Ms"]) >= 0
     assert len(rid) == 16
@@ -98,10 +99,13 @@ async def test_upstream_errors_counted_by_kind(gateway_factory):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    gw = await gateway_factory(f"providers:\n  - name: down\n    base_url: http://127.0.0.1:{port}/v1\n")
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{gw.base_url}/chat/completions", json=dict(CHAT, model="down/m")
-    ) as r:
+    gw = await gateway_factory(
+        f"providers:\n  - name: down\n    base_url: http://127.0.0.1:{port}/v1\n"
+    )
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.base_url}/chat/completions", json=dict(CHAT, model="down/m")) as r,
+    ):
         assert r.status == 502
     samples = await scrape(gw)
     key = ("gateway_upstream_errors_total", (("kind", "connect"), ("provider", "down")))
@@ -113,9 +117,12 @@ async def test_access_log_one_json_line(gateway_factory, upstream, caplog):
         f"access_log: true\nproviders:\n  - name: up\n    base_url: {upstream.base_url}\n"
     )
     with caplog.at_level(logging.INFO, logger="gateway.access"):
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{gw.base_url}/chat/completions", json=CHAT, headers={"X-Request-Id": "log-1"}
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{gw.base_url}/chat/completions", json=CHAT, headers={"X-Request-Id": "log-1"}
+            ) as r,
+        ):
             body = await r.read()
     [record] = [r for r in caplog.records if r.name == "gateway.access"]
     line = orjson.loads(record.getMessage())
@@ -126,8 +133,9 @@ async def test_access_log_one_json_line(gateway_factory, upstream, caplog):
 
 async def test_access_log_off_by_default(gateway, caplog):
     with caplog.at_level(logging.INFO, logger="gateway.access"):
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{gateway.base_url}/chat/completions", json=CHAT
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{gateway.base_url}/chat/completions", json=CHAT) as r,
+        ):
             await r.read()
     assert not [r for r in caplog.records if r.name == "gateway.access"]
