@@ -207,10 +207,8 @@ class Outcome:
 
 def model_label(runtime: ProviderRuntime, model: str) -> str:
     """`model` when a known list has it, else "other": labels stay bounded."""
-    known = runtime.config.models
-    if known is None:
-        cached = runtime.model_cache.models
-        known = () if cached is None else [m["id"] for m in cached]
+    static = runtime.config.models
+    known = runtime.model_cache.ids if static is None else static
     return model if model in known else "other"
 
 

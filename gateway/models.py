@@ -94,6 +94,7 @@ async def provider_models(runtime: ProviderRuntime, settings: ModelsSettings) ->
         if cache.pending is pending and pending.done():
             cache.pending = None
     cache.models, cache.fetched_at, cache.error = models, time.monotonic(), None
+    cache.ids = frozenset(m["id"] for m in models)
     return models
 
 

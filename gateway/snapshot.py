@@ -163,6 +163,8 @@ class ModelCache:
     """A provider's upstream model list, fetched at most once per TTL."""
 
     models: list[dict] | None = None
+    # The ids of `models`, for bounded metric labels without a scan per request.
+    ids: frozenset[str] = frozenset()
     fetched_at: float = 0.0
     error: str | None = None
     pending: asyncio.Future | None = field(default=None, repr=False)
