@@ -16,7 +16,6 @@ from random import random
 from secrets import token_hex
 from time import perf_counter
 
-import aiohttp
 import orjson
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
@@ -25,6 +24,7 @@ from .errors import GatewayError
 from .metrics import Metrics
 from .router import route
 from .snapshot import ProviderRuntime, Snapshot
+from .upstream import Connection, Response, UpstreamError
 
 log = logging.getLogger("gateway.forwarder")
 
@@ -47,6 +47,7 @@ HOP_BY_HOP = frozenset(
 # Credentials the client meant for the gateway never go upstream.
 _DROP_FROM_CLIENT = HOP_BY_HOP | {
     "host",
+    "x-request-id",  # replaced by the gateway's own (validated) id
     "authorization",
     "content-length",
     "expect",
@@ -58,36 +59,55 @@ _DROP_FROM_CLIENT = HOP_BY_HOP | {
 _DROP_FROM_UPSTREAM = HOP_BY_HOP | {"set-cookie"}
 
 
-def _connection_listed(headers) -> frozenset[str]:
-    value = headers.get(hdrs.CONNECTION)
+def _connection_tokens(value: str | None) -> frozenset[str]:
+    """Header names listed in a Connection header: hop-by-hop too."""
     if not value:
         return frozenset()
     return frozenset(v.strip().lower() for v in value.split(","))
 
 
-def upstream_request_headers(client_headers, runtime: ProviderRuntime) -> CIMultiDict:
-    """Client headers minus hop-by-hop and credentials, plus the provider's."""
-    extra_drop = _connection_listed(client_headers)
-    out = CIMultiDict()
+def request_head(
+    client_headers, runtime: ProviderRuntime, endpoint: str, rid: str, body_length: int
+) -> bytes:
+    """The upstream request line and headers, as bytes ready to write.
+
+    Client headers pass on minus hop-by-hop ones and credentials; the
+    provider's headers (its key included) replace any of the same name.
+    """
+    drop = _connection_tokens(client_headers.get(hdrs.CONNECTION))
+    own = runtime.upstream_header_names
+    parts = [runtime.request_lines[endpoint]]
+    append = parts.append
+    has_encoding = False
     for name, value in client_headers.items():
         low = name.lower()
-        if low not in _DROP_FROM_CLIENT and low not in extra_drop:
-            out.add(name, value)
-    # aiohttp would otherwise offer gzip on the client's behalf, and the
-    # compressed reply (passed through verbatim) would reach a client that
-    # never asked for it.
-    if hdrs.ACCEPT_ENCODING not in out:
-        out[hdrs.ACCEPT_ENCODING] = "identity"
-    out.update(runtime.upstream_headers)
-    return out
+        if low in _DROP_FROM_CLIENT or low in own or low in drop:
+            continue
+        if low == "accept-encoding":
+            has_encoding = True
+        # aiohttp decoded the raw bytes as UTF-8 with surrogateescape: this
+        # gives back exactly the bytes the client sent.
+        append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+    tail = f"X-Request-Id: {rid}\r\nContent-Length: {body_length}\r\n\r\n"
+    if not has_encoding:
+        # The body comes back verbatim, so never ask for a compression the
+        # client did not ask for.
+        tail = "Accept-Encoding: identity\r\n" + tail
+    append(runtime.upstream_header_block)
+    append(tail.encode("latin-1"))
+    return b"".join(parts)
 
 
-def response_headers(upstream_headers) -> CIMultiDict:
-    extra_drop = _connection_listed(upstream_headers)
+def response_headers(pairs) -> CIMultiDict:
+    """The upstream's response headers minus hop-by-hop ones and cookies."""
+    drop: frozenset[str] = frozenset()
+    for name, value in pairs:
+        if name.lower() == "connection":
+            drop = _connection_tokens(value)
     out = CIMultiDict()
-    for name, value in upstream_headers.items():
+    for name, value in pairs:
         low = name.lower()
-        if low not in _DROP_FROM_UPSTREAM and low not in extra_drop:
+        if low not in _DROP_FROM_UPSTREAM and low not in drop:
             out.add(name, value)
     return out
 
@@ -282,15 +302,14 @@ async def _forward(
         outcome.provider = name
         outcome.model = model_label(runtime, upstream_model)
         data = body if upstream_model == model else rewrite_model(body, payload, upstream_model)
-        headers = upstream_request_headers(request.headers, runtime)
-        headers["X-Request-Id"] = rid
+        head = request_head(request.headers, runtime, endpoint, rid, len(data))
         runtime.acquire()
         metrics.stream_started(name)
         try:
             before_upstream = perf_counter() - t0
             t_sent = perf_counter()
             try:
-                upstream = await _send(runtime, runtime.urls[endpoint], data, headers)
+                conn, upstream = await _send(runtime, head, data)
             except UpstreamFailure as exc:
                 metrics.upstream_error(name, exc.kind)
                 if i < last:
@@ -301,49 +320,70 @@ async def _forward(
             status = upstream.status
             if i < last and (status == 429 or status >= 500):
                 # Nothing reached the client yet: the next target may do better.
-                upstream.close()
+                runtime.pool.release(conn, reuse=False)
                 metrics.upstream_error(name, "status")
                 metrics.failover(model)
                 continue
-            return await _relay(request, runtime, upstream, rid, outcome, t_sent, before_upstream)
+            return await _relay(
+                request, runtime, conn, upstream, rid, outcome, t_sent, before_upstream
+            )
         finally:
             metrics.stream_ended(name)
             runtime.release()
     raise AssertionError("unreachable: the last target always returns or raises")
 
 
-async def _send(runtime: ProviderRuntime, url, data: bytes, headers: CIMultiDict):
-    """POST upstream and wait for the response headers. Raises UpstreamFailure."""
+def _failure(runtime: ProviderRuntime, exc: UpstreamError) -> UpstreamFailure:
+    """An upstream error before any response byte, as the client will see it."""
     name = runtime.name
     t = runtime.config.timeouts
-    try:
-        return await runtime.session.post(url, data=data, headers=headers, allow_redirects=False)
-    except aiohttp.ConnectionTimeoutError:
+    kind = exc.kind
+    if kind == "connect_timeout":
         message = f"Provider '{name}' did not accept a connection within {t.connect:g}s"
-        error = GatewayError(504, message, "upstream_connect_timeout")
-        raise UpstreamFailure("connect_timeout", error) from None
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+        return UpstreamFailure(kind, GatewayError(504, message, "upstream_connect_timeout"))
+    if kind == "first_byte_timeout":
         message = f"Provider '{name}' sent no response within {t.first_byte:g}s"
-        raise UpstreamFailure(
-            "first_byte_timeout", GatewayError(504, message, "upstream_timeout")
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
+        return UpstreamFailure(kind, GatewayError(504, message, "upstream_timeout"))
+    if kind == "connect":
         where = f"{runtime.base_url.host}:{runtime.base_url.port}"
-        reason = exc.os_error.strerror or exc.os_error
-        message = f"Cannot connect to provider '{name}' at {where}: {reason}"
-        raise UpstreamFailure(
-            "connect", GatewayError(502, message, "upstream_unreachable")
-        ) from None
-    except aiohttp.ClientError as exc:
-        message = f"Provider '{name}' failed: {type(exc).__name__}: {exc}"
-        kind = "reset" if isinstance(exc, aiohttp.ServerDisconnectedError) else "other"
-        raise UpstreamFailure(kind, GatewayError(502, message, "upstream_error")) from None
+        message = f"Cannot connect to provider '{name}' at {where}: {exc}"
+        return UpstreamFailure(kind, GatewayError(502, message, "upstream_unreachable"))
+    message = f"Provider '{name}' failed: {exc}"
+    return UpstreamFailure(kind, GatewayError(502, message, "upstream_error"))
+
+
+async def _send(runtime: ProviderRuntime, head: bytes, data: bytes) -> tuple[Connection, Response]:
+    """Send the request on a pooled connection and wait for the response head.
+
+    A reused keep-alive connection that the upstream had already closed
+    fails before any response byte; the request is then sent once more on a
+    fresh connection (the upstream never saw it). Raises UpstreamFailure.
+    """
+    pool = runtime.pool
+    first_byte = runtime.config.timeouts.first_byte
+    for attempt in (0, 1):
+        try:
+            conn = await pool.acquire()
+        except UpstreamError as exc:
+            raise _failure(runtime, exc) from None
+        try:
+            return conn, await conn.send(head, data, first_byte)
+        except UpstreamError as exc:
+            pool.release(conn, reuse=False)
+            if attempt == 0 and exc.kind == "reset" and exc.before_response and conn.reused:
+                continue
+            raise _failure(runtime, exc) from None
+        except BaseException:
+            pool.release(conn, reuse=False)  # cancelled: the client left
+            raise
+    raise AssertionError("unreachable")
 
 
 async def _relay(
     request: web.Request,
     runtime: ProviderRuntime,
-    upstream: aiohttp.ClientResponse,
+    conn: Connection,
+    upstream: Response,
     rid: str,
     outcome: Outcome,
     t_sent: float,
@@ -355,21 +395,15 @@ async def _relay(
     try:
         status = upstream.status
         if 300 <= status < 400:
-            raise UpstreamFailure(
-                "redirect",
-                GatewayError(
-                    502,
-                    f"Provider '{runtime.name}' answered with a redirect ({status}); the "
-                    "gateway never follows redirects (the provider's key would go along): "
-                    "fix base_url",
-                    "upstream_redirect",
-                ),
+            raise GatewayError(
+                502,
+                f"Provider '{runtime.name}' answered with a redirect ({status}); the "
+                "gateway never follows redirects (the provider's key would go along): "
+                "fix base_url",
+                "upstream_redirect",
             )
         # Headers are in: from now on the limit is the gap between chunks.
-        conn = upstream.connection
-        if conn is not None and conn.protocol is not None:
-            conn.protocol.read_timeout = runtime.config.timeouts.idle
-            conn.protocol.start_timeout()  # re-arm: the old timer still has first_byte
+        upstream.set_idle_timeout(runtime.config.timeouts.idle)
         headers = response_headers(upstream.headers)
         upstream_rid = headers.get("X-Request-Id")
         if upstream_rid is not None and upstream_rid != rid:
@@ -381,26 +415,24 @@ async def _relay(
         outcome.status = status
         out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
         await out.prepare(request)
-        read = upstream.content.readany
+        read = upstream.read
         write = out.write
         nbytes = 0
         try:
             while True:
                 try:
                     chunk = await read()
-                except (TimeoutError, aiohttp.ClientError) as exc:
+                except UpstreamError as exc:
                     # Bytes are already out: the status can no longer change.
                     # Cut the connection so the client sees a broken stream,
                     # not a clean end.
-                    timed_out = isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError))
-                    kind = "idle_timeout" if timed_out else "reset"
                     log.warning(
                         "request %s: provider '%s' stream broke after headers: %s",
                         rid,
                         runtime.name,
-                        f"{type(exc).__name__}: {exc}" if str(exc) else "idle timeout",
+                        exc,
                     )
-                    outcome.error_kind = kind
+                    outcome.error_kind = exc.kind
                     out.force_close()
                     if request.transport is not None:
                         request.transport.close()
@@ -419,12 +451,8 @@ async def _relay(
         await out.write_eof()
         finished = True
         return out
-    except UpstreamFailure as exc:
-        raise exc.error from None
     finally:
-        if finished:
-            upstream.release()
-        else:
-            # Closing (not releasing) drops the upstream connection at once,
-            # so the model stops generating for a client that is gone.
-            upstream.close()
+        # A finished exchange keeps its connection for the next request;
+        # anything else (client gone, broken stream) drops it at once, so the
+        # model stops generating for a client that is gone.
+        runtime.pool.release(conn, reuse=finished)

@@ -32,6 +32,7 @@ from yarl import URL
 from . import __version__
 from .config import ConfigError, GatewayConfig, ProviderConfig
 from .secrets import Secret, SecretResolver
+from .upstream import Pool
 
 log = logging.getLogger("gateway.snapshot")
 
@@ -43,6 +44,7 @@ class ProviderRuntime:
 
     __slots__ = (
         "_closing",
+        "_pool",
         "_session",
         "api_key",
         "base_url",
@@ -51,7 +53,10 @@ class ProviderRuntime:
         "model_cache",
         "name",
         "refs",
+        "request_lines",
         "timeout",
+        "upstream_header_block",
+        "upstream_header_names",
         "upstream_headers",
         "urls",
     )
@@ -68,6 +73,22 @@ class ProviderRuntime:
         if api_key is not None:
             headers["Authorization"] = f"Bearer {api_key.reveal()}"
         self.upstream_headers = headers
+        # The hot path's request head pieces, encoded once per provider.
+        url = self.base_url
+        host = url.raw_host or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if url.explicit_port:
+            host = f"{host}:{url.port}"
+        base_path = url.raw_path.rstrip("/")
+        self.request_lines = {
+            ep: f"POST {base_path}/{ep} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
+            for ep in ENDPOINTS
+        }
+        self.upstream_header_block = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode(
+            "utf-8"
+        )
+        self.upstream_header_names = frozenset(k.lower() for k in headers)
         t = config.timeouts
         # sock_read covers the wait for response headers (the first byte);
         # the forwarder lowers it to the idle timeout once headers are in.
@@ -79,6 +100,7 @@ class ProviderRuntime:
         self.refs = 0
         self.model_cache: ModelCache = ModelCache()
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._closing = False
 
     def __repr__(self) -> str:
@@ -109,6 +131,21 @@ class ProviderRuntime:
             )
         return s
 
+    @property
+    def pool(self) -> Pool:
+        """The hot path's keep-alive connections (see gateway.upstream)."""
+        p = self._pool
+        if p is None:
+            url = self.base_url
+            p = self._pool = Pool(
+                url.host or "",
+                url.port or (443 if url.scheme == "https" else 80),
+                use_tls=url.scheme == "https",
+                limit=self.config.max_connections,
+                connect_timeout=self.config.timeouts.connect,
+            )
+        return p
+
     def same_as(self, other: ProviderRuntime) -> bool:
         return self.config == other.config and self.api_key == other.api_key
 
@@ -123,15 +160,18 @@ class ProviderRuntime:
     def retire(self) -> None:
         """No snapshot holds this runtime any more; close once the last request ends."""
         self._closing = True
-        if self.inflight == 0 and self._session is not None:
+        if self.inflight == 0 and (self._session is not None or self._pool is not None):
             _spawn_close(self)
 
     @property
     def closed(self) -> bool:
         """Retired and without a pool (for operators and tests)."""
-        return self._closing and self._session is None
+        return self._closing and self._session is None and self._pool is None
 
     async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         s, self._session = self._session, None
         if s is not None and not s.closed:
             await s.close()

@@ -8,7 +8,7 @@ from multidict import CIMultiDict
 
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError
-from gateway.forwarder import parse_model, response_headers, rewrite_model, upstream_request_headers
+from gateway.forwarder import parse_model, request_head, response_headers, rewrite_model
 from gateway.snapshot import ProviderRuntime
 
 
@@ -72,7 +72,12 @@ def runtime(**kw) -> ProviderRuntime:
     return ProviderRuntime(cfg, Secret("upstream-key"))
 
 
-def test_request_headers_filtered_and_key_replaced():
+def head_lines(head: bytes) -> list[str]:
+    assert head.endswith(b"\r\n\r\n")
+    return head[:-4].decode("utf-8").split("\r\n")
+
+
+def test_request_head_filtered_and_key_replaced():
     client = CIMultiDict(
         {
             "Authorization": "Bearer client",
@@ -83,27 +88,51 @@ def test_request_headers_filtered_and_key_replaced():
             "Keep-Alive": "5",
             "Transfer-Encoding": "chunked",
             "X-Api-Key": "client",
+            "X-Request-Id": "client-chosen",
+            "X-Title": "client-title",
             "OpenAI-Organization": "org",
             "Accept-Encoding": "gzip",
         }
     )
-    out = upstream_request_headers(client, runtime(headers=(("X-Title", "t"),)))
-    assert dict(out) == {
-        "OpenAI-Organization": "org",
-        "Accept-Encoding": "gzip",
-        "X-Title": "t",
-        "Authorization": "Bearer upstream-key",
-    }
+    head = request_head(client, runtime(headers=(("X-Title", "t"),)), "chat/completions", "r1", 42)
+    assert head_lines(head) == [
+        "POST /v1/chat/completions HTTP/1.1",
+        "Host: h",
+        "OpenAI-Organization: org",
+        "Accept-Encoding: gzip",
+        "X-Title: t",  # the provider's header wins over the client's
+        "Authorization: Bearer upstream-key",
+        "X-Request-Id: r1",
+        "Content-Length: 42",
+    ]
+
+
+def test_request_head_asks_identity_and_keeps_port_and_path():
+    cfg = ProviderConfig(name="p", provider_type="custom", base_url="http://[::1]:8000/api/v1")
+    head = request_head(CIMultiDict(), ProviderRuntime(cfg, None), "embeddings", "r", 0)
+    assert head_lines(head) == [
+        "POST /api/v1/embeddings HTTP/1.1",
+        "Host: [::1]:8000",
+        "Accept-Encoding: identity",
+        "X-Request-Id: r",
+        "Content-Length: 0",
+    ]
+
+
+def test_request_head_keeps_raw_header_bytes():
+    # aiohttp hands non-ASCII header bytes over as surrogate escapes.
+    raw = "caf\xc3\xa9".encode("latin-1").decode("utf-8", "surrogateescape")
+    head = request_head(CIMultiDict({"X-Note": raw}), runtime(), "completions", "r", 0)
+    assert b"X-Note: caf\xc3\xa9\r\n" in head
 
 
 def test_response_headers_drop_hop_by_hop_and_cookies():
-    up = CIMultiDict(
-        {
-            "Content-Type": "text/event-stream",
-            "Transfer-Encoding": "chunked",
-            "Connection": "keep-alive",
-            "Set-Cookie": "a=b",
-            "X-Request-Id": "r1",
-        }
-    )
+    up = [
+        ("Content-Type", "text/event-stream"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "1"),
+        ("Set-Cookie", "a=b"),
+        ("X-Request-Id", "r1"),
+    ]
     assert dict(response_headers(up)) == {"Content-Type": "text/event-stream", "X-Request-Id": "r1"}
