@@ -695,6 +695,94 @@ def phase_throughput(
     return out
 
 
+def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict:
+    """`serve --workers 1` vs `--workers 2` at c=64, nothing pinned.
+
+    Two workers need both cores, so here the gateway shares them with its own
+    upstream and the load generator, all free to run on every CPU (the bench
+    itself is pinned to the load core, and children would inherit that);
+    both runs get the same conditions.
+    """
+    every_cpu = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
+    unpin = ["taskset", "-c", ",".join(map(str, every_cpu))] if shutil.which("taskset") else []
+    up_port = free_port()
+    upstream = procs.spawn(
+        "upstream-workers",
+        [*unpin, sys.executable, str(HERE / "upstream.py"), "--port", str(up_port),
+         "--chunks", str(CHUNKS), "--interval", str(INTERVAL)],
+        up_port,
+        None,
+    )  # fmt: skip
+    wait_ready(upstream)
+    upstream_port = up_port
+    script = tmp / "post-workers.lua"
+    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in CLIENT_HEADERS.items())
+    script.write_text(WRK_SCRIPT.format(body=BODY.decode(), headers=headers))
+    config = tmp / "gateway-workers.yaml"
+    config.write_text(
+        "providers:\n"
+        "  - name: bench\n"
+        "    provider_type: custom\n"
+        f"    base_url: http://{HOST}:{upstream_port}/v1\n"
+        f"    api_key: env:{UPSTREAM_KEY_ENV}\n"
+        f"    max_connections: {POOL}\n"
+    )
+    out: dict = {}
+    for n in (1, 2):
+        port = free_port()
+        argv = [*unpin, sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+        argv += ["--listen", f"{HOST}:{port}", "--shutdown-grace", "1", "--workers", str(n)]
+        child = procs.spawn(
+            f"gateway-workers{n}", argv, port, None, env={UPSTREAM_KEY_ENV: "sk-bench-upstream"}
+        )
+        try:
+            wait_ready(child)
+
+            def load(seconds: int, port: int = port) -> dict:
+                if wrk:
+                    return run_wrk(wrk, unpin, script, port, seconds, 64)
+                return python_load(port, seconds, 64)
+
+            load(1)  # warm-up; also lets the second worker finish starting
+            runs = [load(s.wrk_seconds) for _ in range(s.rounds)]
+        finally:
+            procs.stop(child)
+        out[n] = {
+            "rps_median": statistics.median(x["rps"] for x in runs),
+            "errors": sum(x["non_2xx"] + x["socket_errors"] for x in runs),
+            "runs": runs,
+        }
+    procs.stop(upstream)
+    out["scaling"] = out[2]["rps_median"] / out[1]["rps_median"]
+    return out
+
+
+def workers_rows(w: dict) -> list[Row]:
+    return [
+        Row("requests/s c=64, 1 worker, unpinned", None, None, w[1]["rps_median"], fmt="{:.0f}"),
+        Row("requests/s c=64, --workers 2, unpinned", None, None, w[2]["rps_median"], fmt="{:.0f}"),
+        Row(
+            "--workers 2 / 1 worker (2 cores)",
+            None,
+            None,
+            f"{w['scaling']:.2f}x",
+            ">= 1.7x",
+            w["scaling"] >= 1.7,
+            ratios=False,
+        ),
+        Row(
+            "--workers runs: errors",
+            None,
+            None,
+            w[1]["errors"] + w[2]["errors"],
+            "0",
+            w[1]["errors"] + w[2]["errors"] == 0,
+            fmt="{:d}",
+            ratios=False,
+        ),
+    ]
+
+
 def phase_streaming(targets: list[Target], s: Settings, expected: list[str]) -> dict:
     """Streams at concurrency 1 and 10: TTFB, total time, bytes vs direct."""
 
@@ -1334,12 +1422,14 @@ def main(argv: Iterable[str] | None = None) -> int:
             gc.collect()
         results["many_streams"] = many
 
-        say("[6/6] done measuring")
+        say(f"[6/6] --workers 1 vs 2 at c=64, nothing pinned ({s.rounds} x {s.wrk_seconds}s each)")
+        results["workers"] = phase_workers(procs, tmp, s, wrk)
+        say("done measuring")
         for t in targets:
             if t.child.popen.poll() is not None:
                 raise RuntimeError(f"{t.child.name} died during the bench:\n{t.child.log_tail()}")
 
-        rows = build_rows(results, s)
+        rows = build_rows(results, s) + workers_rows(results["workers"])
         results["table"] = [
             {
                 "figure": r.figure,
