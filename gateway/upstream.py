@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl as ssl_module
 from collections import deque
 
 _HEAD_LIMIT = 64 * 1024
 _HIGH_WATER = 1 << 20  # pause reading from the upstream past this much unread body
-_LOW_WATER = 1 << 18
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 
 
 class UpstreamError(Exception):
@@ -101,7 +102,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.pool._forget(self)
         self._cancel_timer()
-        if self._state == _UNTIL_CLOSE:
+        if self._state == _UNTIL_CLOSE and exc is None:  # a reset is a cut, not the end
             self._state = _DONE
             self._wake()
             return
@@ -180,14 +181,13 @@ class Connection(asyncio.Protocol):
                     return
                 line = bytes(buf[:end]).split(b";", 1)[0].strip()
                 del buf[: end + 2]
-                try:
-                    size = int(line, 16)
-                except ValueError:
+                # Strictly hex digits: int() alone would also take "0x5",
+                # "1_0" or "-1", and a lenient framing parser is how a
+                # keep-alive connection gets out of step.
+                if not _HEX.match(line):
                     self._protocol_error(f"bad chunk size {line[:20]!r}")
                     return
-                if size < 0:
-                    self._protocol_error("bad chunk size")
-                    return
+                size = int(line, 16)
                 if size == 0:
                     self._state = _TRAILER
                 else:
@@ -332,6 +332,7 @@ class Connection(asyncio.Protocol):
                 self._buffered = 0
                 if self._paused and self.transport is not None:
                     self._paused = False
+                    self._last_data = self.loop.time()  # the upstream's idle clock restarts
                     self.transport.resume_reading()
                 return data
             if self._error is not None:
@@ -370,6 +371,8 @@ class Connection(asyncio.Protocol):
         idle = self._idle
         if idle is None or self._state == _DONE:
             return
+        if self._paused:  # we stopped reading (a slow client), not the upstream
+            self._last_data = self.loop.time()
         due = self._last_data + idle
         if self.loop.time() < due:
             self._timer = self.loop.call_at(due, self._idle_check)
@@ -390,6 +393,10 @@ class Connection(asyncio.Protocol):
         self._idle = None
         self._keep_alive = True
         fut = self._head = self.loop.create_future()
+        if self.closed or self.transport is None or self.transport.is_closing():
+            # Closed after acquire(): nothing would ever answer; say so now.
+            self._fail(UpstreamError("reset", "the upstream had closed the connection"))
+            return fut
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
@@ -525,20 +532,21 @@ class Pool:
                 task = self.loop.create_task(self._connect())
 
                 def done(t: asyncio.Task, fut: asyncio.Future = fut) -> None:
-                    if fut.done():
-                        if not t.cancelled() and t.exception() is None:
+                    if not t.cancelled() and t.exception() is None:
+                        if fut.done():
                             self.release(t.result(), reuse=True)
                         else:
-                            self._busy -= 1
+                            fut.set_result(t.result())
                         return
-                    if t.cancelled():
-                        self._busy -= 1
-                        fut.cancel()
-                    elif t.exception() is not None:
-                        self._busy -= 1
-                        fut.set_exception(t.exception())
-                    else:
-                        fut.set_result(t.result())
+                    self._busy -= 1
+                    if not fut.done():
+                        if t.cancelled():
+                            fut.cancel()
+                        else:
+                            fut.set_exception(t.exception())
+                    # The slot is free again: the next waiter must not be
+                    # left waiting for a release that may never come.
+                    self._wake_waiter()
 
                 task.add_done_callback(done)
                 return
