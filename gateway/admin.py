@@ -88,6 +88,19 @@ def _find(snapshot: Snapshot, name: str) -> ProviderConfig:
     return provider
 
 
+def _stored(snapshot: Snapshot, name: str, verb: str) -> ProviderConfig:
+    """The provider, if the API may change it: only store fragments, not the main file."""
+    existing = _find(snapshot, name)
+    if existing.source != "store":
+        raise _error(
+            409,
+            f"Provider '{name}' is defined in the main config file ({existing.file}); "
+            f"{verb} it there",
+            "read_only_provider",
+        )
+    return existing
+
+
 def _check_writable(snapshot: Snapshot) -> Path:
     admin = snapshot.config.admin
     if admin is not None and not admin.writable:
@@ -223,14 +236,7 @@ async def replace_provider(request: web.Request) -> web.Response:
         raise _error(422, "The name in the body must match the URL", "invalid_field", "name")
     async with request.app[ADMIN].lock:
         snapshot = request.app[ADMIN].reloader.holder.current
-        existing = _find(snapshot, name)
-        if existing.source != "store":
-            raise _error(
-                409,
-                f"Provider '{name}' is defined in the main config file "
-                f"({existing.file}); edit it there",
-                "read_only_provider",
-            )
+        existing = _stored(snapshot, name, "edit")
         include = _check_writable(snapshot)
         path = Path(existing.file)
         stored = store.read_raw(path)
@@ -263,14 +269,7 @@ async def delete_provider(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     async with request.app[ADMIN].lock:
         snapshot = request.app[ADMIN].reloader.holder.current
-        existing = _find(snapshot, name)
-        if existing.source != "store":
-            raise _error(
-                409,
-                f"Provider '{name}' is defined in the main config file ({existing.file}); "
-                "remove it there",
-                "read_only_provider",
-            )
+        existing = _stored(snapshot, name, "remove")
         _check_writable(snapshot)
         await _commit(request, Path(existing.file), None)
     return web.Response(status=204)

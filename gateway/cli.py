@@ -145,8 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 )
             )
         except ConfigError as exc:
-            print(f"gateway: invalid configuration:\n{_indent(exc)}", file=sys.stderr)
-            return 2
+            return _invalid(exc)
         except OSError as exc:
             print(f"gateway: cannot start: {exc}", file=sys.stderr)
             return 1
@@ -157,8 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         load_snapshot(path)  # fail once, in the parent, before forking
     except ConfigError as exc:
-        print(f"gateway: invalid configuration:\n{_indent(exc)}", file=sys.stderr)
-        return 2
+        return _invalid(exc)
     return run_workers(workers, run_one)
 
 
@@ -267,6 +265,11 @@ def cmd_demo_upstream(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     web.run_app(create_demo_app(), host=host, port=port, access_log=None, print=None)
     return 0
+
+
+def _invalid(exc: ConfigError) -> int:
+    print(f"gateway: invalid configuration:\n{_indent(exc)}", file=sys.stderr)
+    return 2
 
 
 def _indent(exc: ConfigError) -> str:

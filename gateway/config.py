@@ -185,7 +185,9 @@ TOP_KEYS = {
     "models",
     "access_log",
 }
-PROVIDER_KEYS = {
+# A provider's fields, in the order a person would write them (the admin API
+# writes fragments in this order).
+PROVIDER_FIELDS = (
     "name",
     "provider_type",
     "base_url",
@@ -194,7 +196,8 @@ PROVIDER_KEYS = {
     "models",
     "timeouts",
     "max_connections",
-}
+)
+PROVIDER_KEYS = frozenset(PROVIDER_FIELDS)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -15,17 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from .config import PROVIDER_FIELDS
+
 # Order of keys in a written file: the way a person would write it.
-FIELD_ORDER = (
-    "name",
-    "provider_type",
-    "base_url",
-    "api_key",
-    "headers",
-    "models",
-    "timeouts",
-    "max_connections",
-)
+FIELD_ORDER = PROVIDER_FIELDS
 
 
 def fragment_path(include_dir: Path, name: str) -> Path:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import AsyncIterator
 
+import pytest
+from aiohttp import web
+
+from gateway.demo_upstream import create_demo_app
 from tests.support import GatewayUnderTest, Upstream, start_gateway_from, write_config
 
 
@@ -53,3 +57,16 @@ async def gateway(gateway_factory, upstream) -> GatewayUnderTest:
             api_key: sk-upstream-test-key
         """
     )
+
+
+@pytest.fixture
+async def demo_upstream() -> AsyncIterator[str]:
+    """The built-in demo upstream on an ephemeral port; yields its base_url."""
+    runner = web.AppRunner(create_demo_app(), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()

@@ -12,13 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from aiohttp import web
 
-from gateway.demo_upstream import create_demo_app
 from tests.support import REPO, GatewayUnderTest
 
 NODE_DIR = REPO / "tests" / "contract" / "node"
@@ -26,19 +23,6 @@ SCRIPT = NODE_DIR / "sdk_check.mjs"
 CLIENT_KEY = "gw-node-client-key-8d21e0"
 DEMO_REPLY = "Hello from the gateway's demo upstream! You said: Hello from Node!"
 RUN_TIMEOUT = 60.0
-
-
-@pytest.fixture
-async def demo_upstream() -> AsyncIterator[str]:
-    """The built-in demo upstream on an ephemeral port; yields its base_url."""
-    runner = web.AppRunner(create_demo_app(), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

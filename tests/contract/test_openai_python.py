@@ -15,25 +15,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.demo_upstream import create_demo_app
 from tests.support import GatewayUnderTest, Upstream
 
 CLIENT_KEY = "gw-test-client-key-3f9a1c"
 MESSAGES = [{"role": "user", "content": "Hello, SDK!"}]
 DEMO_REPLY = "Hello from the gateway's demo upstream! You said: Hello, SDK!"
-
-
-@pytest.fixture
-async def demo_upstream() -> AsyncIterator[str]:
-    """The built-in demo upstream on an ephemeral port; yields its base_url."""
-    runner = web.AppRunner(create_demo_app(), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
