@@ -90,8 +90,13 @@ class Connection(asyncio.Protocol):
         self._got_bytes = False
         self._idle: float | None = None
         self._last_data = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._keepalive_handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the idle timer
+        # First-byte timeout: a deadline, and one timer that re-arms itself
+        # only when it fires early. On a busy keep-alive connection that is
+        # one timer per timeout period, not a new one for every request.
+        self._fb_deadline: float | None = None
+        self._fb_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # when the pool got it back (keep-alive expiry)
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -101,7 +106,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool._forget(self)
-        self._cancel_timer()
+        self._cancel_all_timers()
         if self._state == _UNTIL_CLOSE and exc is None:  # a reset is a cut, not the end
             self._state = _DONE
             self._wake()
@@ -258,8 +263,7 @@ class Connection(asyncio.Protocol):
                 elif "keep-alive" in tokens:
                     keep_alive = True
         self._keep_alive = keep_alive
-        if self._timer is not None:  # the first-byte timer: headers are in
-            self._cancel_timer()
+        self._fb_deadline = None  # headers are in
         reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
         if chunked:
             self._state = _CHUNK_SIZE
@@ -345,15 +349,25 @@ class Connection(asyncio.Protocol):
     # -- timers -----------------------------------------------------------------
 
     def _cancel_timer(self) -> None:
+        self._fb_deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _start_first_byte_timer(self, seconds: float) -> None:
-        self._timer = self.loop.call_later(seconds, self._first_byte_timeout, seconds)
+    def _cancel_all_timers(self) -> None:
+        self._cancel_timer()
+        if self._fb_timer is not None:
+            self._fb_timer.cancel()
+            self._fb_timer = None
 
-    def _first_byte_timeout(self, seconds: float) -> None:
-        self._timer = None
+    def _first_byte_check(self, seconds: float) -> None:
+        self._fb_timer = None
+        deadline = self._fb_deadline
+        if deadline is None:
+            return  # answered meanwhile
+        if self.loop.time() < deadline:  # a later request on this connection
+            self._fb_timer = self.loop.call_at(deadline, self._first_byte_check, seconds)
+            return
         self._fail(UpstreamError("first_byte_timeout", f"no response within {seconds:g}s"))
         self.abort()
 
@@ -397,10 +411,9 @@ class Connection(asyncio.Protocol):
             # Closed after acquire(): nothing would ever answer; say so now.
             self._fail(UpstreamError("reset", "the upstream had closed the connection"))
             return fut
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
-        self._start_first_byte_timer(first_byte_timeout)
+        deadline = self._fb_deadline = self.loop.time() + first_byte_timeout
+        if self._fb_timer is None:
+            self._fb_timer = self.loop.call_at(deadline, self._first_byte_check, first_byte_timeout)
         self.transport.writelines((head, body))  # type: ignore[union-attr]
         return fut
 
@@ -418,16 +431,13 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
-        self._cancel_timer()
+        self._cancel_all_timers()
         if self.transport is not None:
             self.transport.abort()
 
     def close(self) -> None:
         self.closed = True
-        self._cancel_timer()
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
+        self._cancel_all_timers()
         if self.transport is not None:
             self.transport.close()
 
@@ -455,15 +465,17 @@ class Pool:
         self._busy = 0  # connections handed out or being opened
         self._waiters: deque[asyncio.Future] = deque()
         self._closed = False
+        # One timer per pool closes connections idle past `keepalive` (rather
+        # than one timer per connection per request).
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def acquire(self) -> Connection:
         idle = self._idle
+        if idle:
+            expired = self.loop.time() - self.keepalive
         while idle:
             conn = idle.pop()  # the most recently used: least likely to be stale
-            if conn.reusable:
-                if conn._keepalive_handle is not None:
-                    conn._keepalive_handle.cancel()
-                    conn._keepalive_handle = None
+            if conn.reusable and conn.idle_since > expired:
                 conn.reused = True
                 self._busy += 1
                 return conn
@@ -515,8 +527,10 @@ class Pool:
                     fut.set_result(conn)  # stays busy: handed straight on
                     return
             self._busy -= 1
-            conn._keepalive_handle = self.loop.call_later(self.keepalive, conn.close)
+            conn.idle_since = self.loop.time()
             self._idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(self.keepalive, self._sweep)
             return
         conn.close() if reuse else conn.abort()
         self._busy -= 1
@@ -551,12 +565,24 @@ class Pool:
                 task.add_done_callback(done)
                 return
 
+    def _sweep(self) -> None:
+        self._sweeper = None
+        idle = self._idle
+        expired = self.loop.time() - self.keepalive
+        while idle and idle[0].idle_since <= expired:  # oldest on the left
+            idle.popleft().close()
+        if idle:
+            self._sweeper = self.loop.call_at(idle[0].idle_since + self.keepalive, self._sweep)
+
     def _forget(self, conn: Connection) -> None:
         with contextlib.suppress(ValueError):
             self._idle.remove(conn)
 
     def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         while self._idle:
             self._idle.pop().close()
         while self._waiters:

@@ -947,3 +947,32 @@ async def test_chunk_size_must_be_plain_hex(size):
         pool.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_first_byte_timeout_counts_from_each_request_on_a_reused_connection(serve, make_pool):
+    """The first-byte timer is armed once per connection and re-arms itself:
+    a second request must time out relative to its own send, not the first's."""
+    answered = 0
+
+    async def first_only(peer: Peer) -> None:
+        nonlocal answered
+        while (body := await peer.request()) is not None:
+            if answered == 0:
+                answered += 1
+                await peer.send(response(body))
+            # later requests are read but never answered
+
+    server = await serve(first_only)
+    pool = make_pool(server.port)
+    await exchange(pool, first_byte=0.4)
+    loop = asyncio.get_running_loop()
+    # The scenario, not a race guard: half the timeout passes, so the first
+    # request's timer is still armed when the second request is sent.
+    await asyncio.sleep(0.2)
+    started = loop.time()
+    with pytest.raises(UpstreamError) as info:
+        await exchange(pool, first_byte=0.4)
+    elapsed = loop.time() - started
+    assert info.value.kind == "first_byte_timeout"
+    assert 0.38 <= elapsed < 2.0  # from the second send, not the first
+    assert server.accepted == 1  # it was the same, reused connection
