@@ -17,7 +17,7 @@ from secrets import token_hex
 from time import perf_counter
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import web
 from multidict import CIMultiDict
 
 from .errors import GatewayError
@@ -55,6 +55,7 @@ _DROP_FROM_CLIENT = HOP_BY_HOP | {
     "x-api-key",
     "cookie",
 }
+_DROP_FROM_CLIENT_RAW = frozenset(h.encode() for h in _DROP_FROM_CLIENT)
 # Cookies are per client; an upstream's must not reach every client.
 _DROP_FROM_UPSTREAM = HOP_BY_HOP | {"set-cookie"}
 
@@ -67,34 +68,37 @@ def _connection_tokens(value: str | None) -> frozenset[str]:
 
 
 def request_head(
-    client_headers, runtime: ProviderRuntime, endpoint: str, rid: str, body_length: int
+    raw_headers, runtime: ProviderRuntime, endpoint: str, rid: str, body_length: int
 ) -> bytes:
     """The upstream request line and headers, as bytes ready to write.
 
-    Client headers pass on minus hop-by-hop ones and credentials; the
+    `raw_headers` are the client's (name, value) byte pairs as received
+    (aiohttp's `request.raw_headers`): they pass on untouched, with no
+    decoding and re-encoding, minus hop-by-hop ones and credentials; the
     provider's headers (its key included) replace any of the same name.
     """
-    drop = _connection_tokens(client_headers.get(hdrs.CONNECTION))
+    drop: frozenset[bytes] | tuple = ()
+    for name, value in raw_headers:
+        if name.lower() == b"connection":
+            drop = frozenset(t.strip().lower() for t in value.split(b","))
     own = runtime.upstream_header_names
     parts = [runtime.request_lines[endpoint]]
-    append = parts.append
+    extend = parts.extend
     has_encoding = False
-    for name, value in client_headers.items():
+    for name, value in raw_headers:
         low = name.lower()
-        if low in _DROP_FROM_CLIENT or low in own or low in drop:
+        if low in _DROP_FROM_CLIENT_RAW or low in own or low in drop:
             continue
-        if low == "accept-encoding":
+        if low == b"accept-encoding":
             has_encoding = True
-        # aiohttp decoded the raw bytes as UTF-8 with surrogateescape: this
-        # gives back exactly the bytes the client sent.
-        append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+        extend((name, b": ", value, b"\r\n"))
     tail = f"X-Request-Id: {rid}\r\nContent-Length: {body_length}\r\n\r\n"
     if not has_encoding:
         # The body comes back verbatim, so never ask for a compression the
         # client did not ask for.
         tail = "Accept-Encoding: identity\r\n" + tail
-    append(runtime.upstream_header_block)
-    append(tail.encode("latin-1"))
+    parts.append(runtime.upstream_header_block)
+    parts.append(tail.encode("latin-1"))
     return b"".join(parts)
 
 
@@ -310,7 +314,7 @@ async def _forward(
         outcome.provider = name
         outcome.model = model_label(runtime, upstream_model)
         data = body if upstream_model == model else rewrite_model(body, payload, upstream_model)
-        head = request_head(request.headers, runtime, endpoint, rid, len(data))
+        head = request_head(request.raw_headers, runtime, endpoint, rid, len(data))
         runtime.acquire()
         metrics.stream_started(name)
         try:

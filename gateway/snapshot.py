@@ -88,7 +88,7 @@ class ProviderRuntime:
         self.upstream_header_block = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode(
             "utf-8"
         )
-        self.upstream_header_names = frozenset(k.lower() for k in headers)
+        self.upstream_header_names = frozenset(k.lower().encode() for k in headers)
         t = config.timeouts
         # sock_read covers the wait for response headers (the first byte);
         # the forwarder lowers it to the idle timeout once headers are in.

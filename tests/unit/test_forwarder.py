@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from multidict import CIMultiDict
 
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError
@@ -72,13 +71,17 @@ def runtime(**kw) -> ProviderRuntime:
     return ProviderRuntime(cfg, Secret("upstream-key"))
 
 
+def raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in headers.items()]
+
+
 def head_lines(head: bytes) -> list[str]:
     assert head.endswith(b"\r\n\r\n")
     return head[:-4].decode("utf-8").split("\r\n")
 
 
 def test_request_head_filtered_and_key_replaced():
-    client = CIMultiDict(
+    client = raw(
         {
             "Authorization": "Bearer client",
             "Host": "gw",
@@ -109,7 +112,7 @@ def test_request_head_filtered_and_key_replaced():
 
 def test_request_head_asks_identity_and_keeps_port_and_path():
     cfg = ProviderConfig(name="p", provider_type="custom", base_url="http://[::1]:8000/api/v1")
-    head = request_head(CIMultiDict(), ProviderRuntime(cfg, None), "embeddings", "r", 0)
+    head = request_head((), ProviderRuntime(cfg, None), "embeddings", "r", 0)
     assert head_lines(head) == [
         "POST /api/v1/embeddings HTTP/1.1",
         "Host: [::1]:8000",
@@ -120,10 +123,8 @@ def test_request_head_asks_identity_and_keeps_port_and_path():
 
 
 def test_request_head_keeps_raw_header_bytes():
-    # aiohttp hands non-ASCII header bytes over as surrogate escapes.
-    raw = "caf\xc3\xa9".encode("latin-1").decode("utf-8", "surrogateescape")
-    head = request_head(CIMultiDict({"X-Note": raw}), runtime(), "completions", "r", 0)
-    assert b"X-Note: caf\xc3\xa9\r\n" in head
+    head = request_head([(b"X-Note", b"caf\xc3\xa9 \xff")], runtime(), "completions", "r", 0)
+    assert b"X-Note: caf\xc3\xa9 \xff\r\n" in head
 
 
 def test_response_headers_drop_hop_by_hop_and_cookies():
