@@ -2,7 +2,7 @@
 
 `node/sdk_check.mjs` makes the calls and prints what it saw as one JSON
 object; this test starts the demo upstream and the gateway, runs the script
-and judges every result. Its npm dependencies come from `bash scripts/test`
+and judges every result. Its npm dependencies come from `bash .ci/run`
 (npm install); a missing install is a failure, never a skip, so that a CI
 without Node cannot pass silently.
 """
@@ -49,7 +49,7 @@ def node_binary() -> str:
     if not (NODE_DIR / "node_modules" / "openai").is_dir():
         pytest.fail(
             f"{NODE_DIR / 'node_modules'} is missing the openai package: "
-            "run `bash scripts/test` (it runs npm install) or "
+            "run `bash .ci/run` (it runs npm install) or "
             "`npm install --prefix tests/contract/node`"
         )
     return node
