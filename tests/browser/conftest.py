@@ -92,10 +92,18 @@ class PageProblems:
             if response.status >= 400 and "/admin/" not in response.url:
                 self.items.append(f"HTTP {response.status} for {response.url}")
 
+        def on_request_failed(request) -> None:
+            failure = request.failure or ""
+            # A reload or navigation cancels the page's own requests still in
+            # flight (net::ERR_ABORTED): the browser's doing, not a fault.
+            # Every other failure (refused, reset, blocked...) is one.
+            if "ERR_ABORTED" not in failure:
+                self.items.append(f"request failed: {request.url}: {failure}")
+
         page.on("console", on_console)
         page.on("pageerror", lambda exc: self.items.append(f"page error: {exc}"))
         page.on("response", on_response)
-        page.on("requestfailed", lambda req: self.items.append(f"request failed: {req.url}"))
+        page.on("requestfailed", on_request_failed)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
