@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 import orjson
@@ -43,8 +42,6 @@ RELOADER = web.AppKey("reloader", Reloader)
 # aiohttp's own cap; the real body limit is enforced in forwarder.read_body
 # so that a reload can change it.
 _CLIENT_MAX_SIZE = 1 << 40
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def check_auth(request: web.Request, snapshot: Snapshot) -> None:

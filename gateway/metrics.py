@@ -29,16 +29,6 @@ DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 # The gateway's own time per request is tens to hundreds of microseconds.
 OVERHEAD_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
-ERROR_KINDS = (
-    "connect",
-    "connect_timeout",
-    "first_byte_timeout",
-    "idle_timeout",
-    "reset",
-    "redirect",
-    "other",
-)
-
 
 class Histogram:
     """Cumulative-at-scrape histogram: one bisect and two adds per observation."""
@@ -190,7 +180,3 @@ class _Collector(Collector):
             c.add_metric(["success"], ok)
             c.add_metric(["failure"], failed)
             yield c
-
-
-def bucket_index(bounds: tuple[float, ...], value: float) -> int:  # for tests
-    return bisect_left(bounds, value)
