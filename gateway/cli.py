@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and unseal every secret")
     check.add_argument("--config", help=config_help)
+    check.add_argument(
+        "--public-key",
+        action="append",
+        metavar="FILE",
+        help="check without the private key: sealed values against this seal.pub "
+        "(key id and scope), plain-text secrets refused; repeat during a rotation",
+    )
 
     keygen = sub.add_parser("keygen", help="create a key pair for sealing secrets")
     keygen.add_argument(
@@ -161,18 +168,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .reload import load_snapshot
+    from .check import full_check, public_key_check
+    from .sealing import load_public_key
+    from .secrets import SecretError
 
     _setup_logging("warning")
-    path = config_path_from_env(args.config)
-    try:
-        snapshot = load_snapshot(Path(path))
-    except ConfigError as exc:
-        n = len(exc.problems)
-        print(f"{path}: {n} problem{'s' * (n != 1)}:\n{_indent(exc)}", file=sys.stderr)
+    path = Path(config_path_from_env(args.config))
+    if args.public_key:
+        try:
+            kids = {load_public_key(p).kid for p in args.public_key}
+        except SecretError as exc:
+            print(f"gateway check: {exc}", file=sys.stderr)
+            return 1
+        problems = public_key_check(path, kids)
+        ok = f"{path}: OK without unsealing (structure, key ids and scopes)"
+    else:
+        snapshot, problems = full_check(path)
+        if snapshot is not None:
+            names = ", ".join(snapshot.providers) or "none"
+            ok = f"{path}: OK ({len(snapshot.providers)} providers: {names})"
+    if problems:
+        n = len(problems)
+        lines = "\n".join(f"  - {p}" for p in problems)
+        print(f"{path}: {n} problem{'s' * (n != 1)}:\n{lines}", file=sys.stderr)
         return 1
-    names = ", ".join(snapshot.providers) or "none"
-    print(f"{path}: OK ({len(snapshot.providers)} providers: {names})")
+    print(ok)
     return 0
 
 
