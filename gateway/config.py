@@ -9,6 +9,7 @@ which `gateway.secrets` turns into plain text when a snapshot is built.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -161,6 +162,7 @@ class GatewayConfig:
     aliases: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     access_log: AccessLog = AccessLog()
     files: tuple[Path, ...] = ()  # every file read, for the reload watcher
+    digest: str = ""  # a hash of those files' contents as they were read
 
     def provider(self, name: str) -> ProviderConfig | None:
         for p in self.providers:
@@ -223,6 +225,8 @@ class _Parser:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.names: dict[str, str] = {}  # provider name -> file it was first defined in
+        # Every file as read, so the digest describes exactly what was loaded.
+        self.digest = hashlib.sha256()
 
     def problem(self, file: Path | str, message: str, provider=None, field=None) -> None:
         self.problems.append(Problem(str(file), message, provider, field))
@@ -409,6 +413,8 @@ def _read_yaml(path: Path, parser: _Parser) -> Any:
     except UnicodeDecodeError:
         parser.problem(path, "not UTF-8 text")
         return None
+    parser.digest.update(str(path).encode())
+    parser.digest.update(text.encode())
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -611,6 +617,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         aliases=MappingProxyType(aliases),
         access_log=access_log,
         files=tuple(files),
+        digest=parser.digest.hexdigest()[:16],
     )
 
 

@@ -17,8 +17,6 @@ that count reaches zero and its last forwarded request has ended.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -228,16 +226,6 @@ class Snapshot:
     lease: SnapshotLease = field(default_factory=SnapshotLease, compare=False, repr=False)
 
 
-def config_digest(config: GatewayConfig) -> str:
-    """A hash of every file the config was read from, for operators."""
-    h = hashlib.sha256()
-    for path in config.files:
-        h.update(str(path).encode())
-        with contextlib.suppress(OSError):
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def build_snapshot(
     config: GatewayConfig,
     resolver: SecretResolver,
@@ -273,7 +261,7 @@ def build_snapshot(
         static_models=MappingProxyType(static),
         auth_keys=tuple(secrets[r] for r in config.auth.api_keys) if config.auth else None,
         admin_token=secrets[config.admin.token] if config.admin else None,
-        digest=config_digest(config),
+        digest=config.digest,
         loaded_at=time.time(),
         seal=resolver.seal,
     )
