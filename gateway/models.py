@@ -107,15 +107,20 @@ def _prefixed(runtime: ProviderRuntime, entry: dict) -> dict:
     return out
 
 
-async def list_models(snapshot: Snapshot) -> list[dict]:
-    """Every provider's models, ids `PROVIDER/MODEL`; failures are left out."""
+async def _every_provider(snapshot: Snapshot) -> list[tuple[ProviderRuntime, list | BaseException]]:
+    """Each provider's list (or why it has none), fetched concurrently, in config order."""
     runtimes = list(snapshot.providers.values())
     settings = snapshot.config.models
     results = await asyncio.gather(
         *(provider_models(r, settings) for r in runtimes), return_exceptions=True
     )
+    return list(zip(runtimes, results, strict=True))
+
+
+async def list_models(snapshot: Snapshot) -> list[dict]:
+    """Every provider's models, ids `PROVIDER/MODEL`; failures are left out."""
     merged: list[dict] = []
-    for runtime, result in zip(runtimes, results, strict=True):
+    for runtime, result in await _every_provider(snapshot):
         if isinstance(result, BaseException):
             log.warning("models of provider '%s' left out: %s", runtime.name, result)
             continue
@@ -146,12 +151,7 @@ async def find_model(snapshot: Snapshot, model_id: str) -> dict | None:
 
 async def provider_listing(snapshot: Snapshot, model: str) -> tuple[ProviderRuntime, dict] | None:
     """The first provider (config order) whose list has `model`, unprefixed."""
-    runtimes = list(snapshot.providers.values())
-    settings = snapshot.config.models
-    results = await asyncio.gather(
-        *(provider_models(r, settings) for r in runtimes), return_exceptions=True
-    )
-    for runtime, result in zip(runtimes, results, strict=True):
+    for runtime, result in await _every_provider(snapshot):
         if isinstance(result, BaseException):
             continue
         for m in result:
