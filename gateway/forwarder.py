@@ -315,7 +315,6 @@ async def _forward(
         outcome.model = model_label(runtime, upstream_model)
         data = body if upstream_model == model else rewrite_model(body, payload, upstream_model)
         head = request_head(request.raw_headers, runtime, endpoint, rid, len(data))
-        runtime.acquire()
         metrics.stream_started(name)
         try:
             before_upstream = perf_counter() - t0
@@ -341,7 +340,6 @@ async def _forward(
             )
         finally:
             metrics.stream_ended(name)
-            runtime.release()
     raise AssertionError("unreachable: the last target always returns or raises")
 
 

@@ -1,8 +1,10 @@
 """The immutable snapshot a request runs on, and the one reference that swaps.
 
 A `Snapshot` is built from a validated `GatewayConfig` with every secret
-resolved. Each provider gets a `ProviderRuntime`: its upstream URLs and
-headers computed once, and one shared `ClientSession` (connection pool).
+resolved. Each provider gets a `ProviderRuntime`: its upstream request
+pieces computed once, the hot path's keep-alive pool (`gateway.upstream`)
+and an aiohttp `ClientSession` for model listing and the admin API, both
+created on first use.
 A reload builds a new snapshot, reusing the runtimes of providers whose
 config and key did not change (no reconnect storm), and then swaps
 `SnapshotHolder.current` in one assignment.
@@ -11,7 +13,8 @@ Pools are closed by reference counting, so that no request ever loses its
 pool under it: a handler leases the snapshot it reads (`holder.acquire()` /
 `holder.release()`), each runtime counts the snapshots that hold it (the
 current one plus superseded ones still leased), and a runtime is closed when
-that count reaches zero and its last forwarded request has ended.
+that count reaches zero: every request using it holds such a lease, so none
+is left by then.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ class ProviderRuntime:
         "api_key",
         "base_url",
         "config",
-        "inflight",
         "model_cache",
         "name",
         "refs",
@@ -93,7 +95,6 @@ class ProviderRuntime:
         self.timeout = aiohttp.ClientTimeout(
             total=None, connect=None, sock_connect=t.connect, sock_read=t.first_byte
         )
-        self.inflight = 0
         # Live snapshots holding this runtime (see SnapshotHolder).
         self.refs = 0
         self.model_cache: ModelCache = ModelCache()
@@ -147,18 +148,14 @@ class ProviderRuntime:
     def same_as(self, other: ProviderRuntime) -> bool:
         return self.config == other.config and self.api_key == other.api_key
 
-    def acquire(self) -> None:
-        self.inflight += 1
-
-    def release(self) -> None:
-        self.inflight -= 1
-        if self._closing and self.inflight == 0:
-            _spawn_close(self)
-
     def retire(self) -> None:
-        """No snapshot holds this runtime any more; close once the last request ends."""
+        """No snapshot holds this runtime any more: close its pools.
+
+        Requests in flight need no count of their own here: each one leases a
+        snapshot that holds this runtime, so no request is using it now.
+        """
         self._closing = True
-        if self.inflight == 0 and (self._session is not None or self._pool is not None):
+        if self._session is not None or self._pool is not None:
             _spawn_close(self)
 
     @property
