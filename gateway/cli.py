@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .metrics_board import MetricsBoard
     from .reload import load_snapshot
     from .server import install_uvloop, serve
     from .workers import run_workers
@@ -136,6 +137,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = config_path_from_env(args.config)
     listen = args.listen or os.environ.get("GATEWAY_LISTEN")
     workers = args.workers
+    # Made before forking: the workers share it (see metrics_board.py).
+    board = MetricsBoard(workers) if workers > 1 else None
 
     def run_one(index: int) -> int:
         install_uvloop()
@@ -149,6 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     shutdown_grace=args.shutdown_grace,
                     drain_delay=args.drain_delay,
                     reuse_port=workers > 1,
+                    metrics_board=board,
+                    worker_index=index,
                 )
             )
         except ConfigError as exc:

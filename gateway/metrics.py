@@ -6,13 +6,14 @@ into metric families at scrape time through a custom collector. Why not its
 costs 1.3-4 us, several per request, while the gateway runs on one event-loop
 thread where no lock is needed. Label values are bounded: providers come from
 config, models only from known model lists (else "other"), statuses are HTTP
-codes, error kinds are a fixed set.
+codes, error kinds are a fixed set. With `--workers N`, `state()` and
+`add_state()` carry the figures between workers (see metrics_board.py).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -44,6 +45,17 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def state(self) -> dict:
+        return {"counts": list(self.counts), "sum": self.sum}
+
+    def add_state(self, state: dict) -> None:
+        counts = state["counts"]
+        if len(counts) != len(self.counts):  # bounds changed between versions: skip
+            return
+        for i, n in enumerate(counts):
+            self.counts[i] += n
+        self.sum += state["sum"]
+
     def buckets(self) -> list[tuple[str, int]]:
         out, total = [], 0
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
@@ -66,6 +78,9 @@ class Metrics:
         self.failovers: dict[str, int] = {}
         # Filled in by whoever owns reload state: () -> (successes, failures).
         self.reload_counts: Callable[[], tuple[int, int]] | None = None
+        self.added_reloads: list[int] | None = None  # from add_state
+        # With --workers N: () -> the other workers' states, merged in at scrape.
+        self.peers: Callable[[], Iterable[dict]] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -105,10 +120,65 @@ class Metrics:
     def failover(self, alias: str) -> None:
         self.failovers[alias] = self.failovers.get(alias, 0) + 1
 
+    # -- between processes -----------------------------------------------------
+
+    def state(self) -> dict:
+        """Every figure as plain JSON-able data (for another worker to merge)."""
+        return {
+            "requests": [[*key, n] for key, n in self.requests.items()],
+            "duration": {p: h.state() for p, h in self.duration.items()},
+            "ttfb": {p: h.state() for p, h in self.ttfb.items()},
+            "overhead": self.overhead.state(),
+            "upstream_errors": [[*key, n] for key, n in self.upstream_errors.items()],
+            "inflight": dict(self.inflight),
+            "bytes_forwarded": dict(self.bytes_forwarded),
+            "failovers": dict(self.failovers),
+            "reloads": self.reloads(),
+        }
+
+    def add_state(self, state: dict) -> None:
+        """Add another worker's figures (from `state()`) to these."""
+        for provider, model, status, n in state["requests"]:
+            key = (provider, model, status)
+            self.requests[key] = self.requests.get(key, 0) + n
+        for mine, theirs in ((self.duration, state["duration"]), (self.ttfb, state["ttfb"])):
+            for provider, h in theirs.items():
+                if provider not in mine:
+                    mine[provider] = Histogram(DURATION_BOUNDS)
+                mine[provider].add_state(h)
+        self.overhead.add_state(state["overhead"])
+        for provider, kind, n in state["upstream_errors"]:
+            key = (provider, kind)
+            self.upstream_errors[key] = self.upstream_errors.get(key, 0) + n
+        for mine, theirs in (
+            (self.inflight, state["inflight"]),
+            (self.bytes_forwarded, state["bytes_forwarded"]),
+            (self.failovers, state["failovers"]),
+        ):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+        if state["reloads"] is not None:
+            ok, failed = self.added_reloads or (0, 0)
+            self.added_reloads = [ok + state["reloads"][0], failed + state["reloads"][1]]
+
+    def reloads(self) -> list[int] | None:
+        """[successes, failures], or None where nothing reloads (a fixed snapshot)."""
+        if self.reload_counts is None and self.added_reloads is None:
+            return None
+        ok, failed = self.reload_counts() if self.reload_counts is not None else (0, 0)
+        more_ok, more_failed = self.added_reloads or (0, 0)
+        return [ok + more_ok, failed + more_failed]
+
     # -- exposition ------------------------------------------------------------
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.peers is None:
+            return generate_latest(self.registry)
+        merged = Metrics()
+        merged.add_state(self.state())
+        for state in self.peers():
+            merged.add_state(state)
+        return generate_latest(merged.registry)
 
 
 class _Collector(Collector):
@@ -172,8 +242,9 @@ class _Collector(Collector):
             c.add_metric([alias], n)
         yield c
 
-        if m.reload_counts is not None:
-            ok, failed = m.reload_counts()
+        reloads = m.reloads()
+        if reloads is not None:
+            ok, failed = reloads
             c = CounterMetricFamily(
                 "gateway_config_reloads", "Config reloads by result", labels=["result"]
             )

@@ -11,8 +11,9 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from .app import LIFECYCLE, create_app
+from .app import LIFECYCLE, METRICS, create_app
 from .config import parse_listen
+from .metrics_board import MetricsBoard
 from .reload import Reloader, load_snapshot
 from .snapshot import SnapshotHolder
 from .watcher import ConfigWatcher
@@ -97,7 +98,14 @@ async def serve(
     watch_interval: float = 0.5,
     drain_delay: float = 0.0,
     reuse_port: bool = False,
+    metrics_board: MetricsBoard | None = None,
+    worker_index: int = 0,
 ) -> None:
+    """Run one gateway process until SIGTERM/SIGINT.
+
+    With `--workers N` each worker gets the shared `metrics_board` and its
+    index, so that `/metrics` answers for all of them.
+    """
     holder = SnapshotHolder(load_snapshot(config_path))
     config = holder.current.config
     host, port = parse_listen(listen) if listen else (config.listen_host, config.listen_port)
@@ -109,10 +117,12 @@ async def serve(
     watcher.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    demo = runner = None
+    demo = runner = publisher = None
     try:
         demo = await start_demo_upstream(demo_listen) if demo_listen else None
         runner = await start_gateway(holder, host, port, shutdown_grace, reloader, reuse_port)
+        if metrics_board is not None:
+            publisher = metrics_board.attach(worker_index, runner.app[METRICS])
         log.info(
             "gateway listening on http://%s:%d/v1 with %d provider(s) (config %s)",
             host,
@@ -139,5 +149,9 @@ async def serve(
         await watcher.stop()
         if runner is not None:
             await runner.cleanup()
+        if publisher is not None:  # after the last request, so its figures are in
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
         if demo is not None:
             await demo.cleanup()

@@ -88,6 +88,7 @@ class Settings:
     stream_c10_batches: int  # batches of 10 concurrent streams per target per round
     many_streams: int
     startup_runs: int
+    workers_rounds: int  # interleaved 1-worker / 2-worker load runs
 
     @classmethod
     def make(cls, quick: bool, repeat: int | None) -> Settings:
@@ -103,6 +104,7 @@ class Settings:
                 stream_c10_batches=1,
                 many_streams=200,
                 startup_runs=1,
+                workers_rounds=2,
             )
         else:
             s = cls(
@@ -116,9 +118,11 @@ class Settings:
                 stream_c10_batches=2,
                 many_streams=1000,
                 startup_runs=3,
+                workers_rounds=7,
             )
         if repeat is not None:
             s.rounds = max(1, repeat)
+            s.workers_rounds = max(s.workers_rounds, s.rounds)
         return s
 
 
@@ -662,6 +666,40 @@ def python_load(port: int, seconds: float, conns: int) -> dict:
     return run_async(main())
 
 
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the `--workers` parent and its workers)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            pids += process_tree(int(child))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by `pids` (those still alive)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / _HZ
+
+
+def machine_cpu(cpu: int | None = None) -> dict[str, float]:
+    """CPU seconds from /proc/stat, of the machine or of one `cpu`: busy (all
+    but idle and iowait), softirq."""
+    name = "cpu" if cpu is None else f"cpu{cpu}"
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields[0] == name:
+            n = [int(x) for x in fields[1:9]]
+            return {"busy": (sum(n) - n[3] - n[4]) / _HZ, "softirq": n[6] / _HZ}
+    raise RuntimeError(f"no {name} line in /proc/stat")
+
+
 def phase_throughput(
     targets: list[Target], s: Settings, wrk: str | None, procs: Procs, tmp: Path
 ) -> dict:
@@ -672,9 +710,16 @@ def phase_throughput(
     load_core = procs.pin[1] if procs.pin else None
 
     def load(port: int, seconds: int) -> dict:
-        if wrk:
-            return run_wrk(wrk, procs.prefix(load_core), script, port, seconds, 64)
-        return python_load(port, seconds, 64)
+        if not wrk:
+            return python_load(port, seconds, 64)
+        before = machine_cpu(load_core) if load_core is not None else None
+        result = run_wrk(wrk, procs.prefix(load_core), script, port, seconds, 64)
+        if before is not None:
+            # How busy the load core was (wrk and the upstream): below 100%
+            # the load side was not what limited the rate.
+            busy = machine_cpu(load_core)["busy"] - before["busy"]
+            result["load_core_busy"] = busy / seconds
+        return result
 
     runs: dict[str, list[dict]] = {t.key: [] for t in targets}
     for t in targets:
@@ -692,16 +737,23 @@ def phase_throughput(
             "errors": sum(x["non_2xx"] + x["socket_errors"] for x in rs),
             "runs": rs,
         }
+        if all("load_core_busy" in x for x in rs):
+            out[t.key]["load_core_busy_median"] = statistics.median(x["load_core_busy"] for x in rs)
     return out
 
 
 def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict:
-    """`serve --workers 1` vs `--workers 2` at c=64, nothing pinned.
+    """`serve --workers 1` vs `--workers 2` at c=64, nothing pinned, runs interleaved.
 
     Two workers need both cores, so here the gateway shares them with its own
     upstream and the load generator, all free to run on every CPU (the bench
-    itself is pinned to the load core, and children would inherit that);
-    both runs get the same conditions.
+    itself is pinned to the load core, and children would inherit that).
+    Both gateways run side by side and their load runs alternate, so drift on
+    a shared machine hits both alike; the scaling is the median of the
+    per-round ratios. Each run also records where the machine's CPU went
+    (gateway processes, upstream, wrk, kernel softirq): on two cores the load
+    and upstream take a share that one worker leaves free, which bounds the
+    ratio below 2x whatever the gateway does.
     """
     every_cpu = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
     unpin = ["taskset", "-c", ",".join(map(str, every_cpu))] if shutil.which("taskset") else []
@@ -714,7 +766,6 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict
         None,
     )  # fmt: skip
     wait_ready(upstream)
-    upstream_port = up_port
     script = tmp / "post-workers.lua"
     headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in CLIENT_HEADERS.items())
     script.write_text(WRK_SCRIPT.format(body=BODY.decode(), headers=headers))
@@ -723,46 +774,82 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict
         "providers:\n"
         "  - name: bench\n"
         "    provider_type: custom\n"
-        f"    base_url: http://{HOST}:{upstream_port}/v1\n"
+        f"    base_url: http://{HOST}:{up_port}/v1\n"
         f"    api_key: env:{UPSTREAM_KEY_ENV}\n"
         f"    max_connections: {POOL}\n"
     )
-    out: dict = {}
+    gateways: dict[int, Child] = {}
     for n in (1, 2):
         port = free_port()
         argv = [*unpin, sys.executable, "-m", "gateway", "serve", "--config", str(config)]
         argv += ["--listen", f"{HOST}:{port}", "--shutdown-grace", "1", "--workers", str(n)]
-        child = procs.spawn(
+        gateways[n] = procs.spawn(
             f"gateway-workers{n}", argv, port, None, env={UPSTREAM_KEY_ENV: "sk-bench-upstream"}
         )
-        try:
+    try:
+        for child in gateways.values():
             wait_ready(child)
 
-            def load(seconds: int, port: int = port) -> dict:
-                if wrk:
-                    return run_wrk(wrk, unpin, script, port, seconds, 64)
+        def load(n: int, seconds: int) -> dict:
+            port = gateways[n].port
+            if not wrk:
                 return python_load(port, seconds, 64)
+            gw_pids = process_tree(gateways[n].pid)
+            before = (cpu_seconds(gw_pids), cpu_seconds([upstream.pid]), machine_cpu())
+            wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            result = run_wrk(wrk, unpin, script, port, seconds, 64)
+            wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            after = (cpu_seconds(gw_pids), cpu_seconds([upstream.pid]), machine_cpu())
+            result["cpu_s"] = {
+                "gateway": after[0] - before[0],
+                "upstream": after[1] - before[1],
+                "wrk": (wrk_after.ru_utime + wrk_after.ru_stime)
+                - (wrk_before.ru_utime + wrk_before.ru_stime),
+                "softirq": after[2]["softirq"] - before[2]["softirq"],
+                "machine_busy": after[2]["busy"] - before[2]["busy"],
+                "machine_total": seconds * len(every_cpu),
+            }
+            result["workers"] = len(gw_pids) - (n > 1)
+            return result
 
-            load(1)  # warm-up; also lets the second worker finish starting
-            runs = [load(s.wrk_seconds) for _ in range(s.rounds)]
-        finally:
+        for n in (1, 2):
+            load(n, 1)  # warm-up; also lets the second worker finish starting
+        runs: dict[int, list[dict]] = {1: [], 2: []}
+        for r in range(s.workers_rounds):
+            for n in rotate([1, 2], r):
+                runs[n].append(load(n, s.wrk_seconds))
+    finally:
+        for child in gateways.values():
             procs.stop(child)
+        procs.stop(upstream)
+    out: dict = {}
+    for n in (1, 2):
+        rs = runs[n]
         out[n] = {
-            "rps_median": statistics.median(x["rps"] for x in runs),
-            "errors": sum(x["non_2xx"] + x["socket_errors"] for x in runs),
-            "runs": runs,
+            "rps_median": statistics.median(x["rps"] for x in rs),
+            "errors": sum(x["non_2xx"] + x["socket_errors"] for x in rs),
+            "runs": rs,
         }
-    procs.stop(upstream)
-    out["scaling"] = out[2]["rps_median"] / out[1]["rps_median"]
+        if all("cpu_s" in x for x in rs):
+            out[n]["cpu"] = {
+                key: statistics.median(x["cpu_s"][key] for x in rs) for key in rs[0]["cpu_s"]
+            }
+            # CPU time per request, so the two runs compare however fast each went.
+            out[n]["gateway_cpu_us_per_request"] = statistics.median(
+                x["cpu_s"]["gateway"] / x["requests"] * 1e6 for x in rs if x["requests"]
+            )
+    ratios = [b["rps"] / a["rps"] for a, b in zip(runs[1], runs[2], strict=True)]
+    out["round_ratios"] = ratios
+    out["scaling"] = statistics.median(ratios)
     return out
 
 
 def workers_rows(w: dict) -> list[Row]:
-    return [
+    rows = [
         Row("requests/s c=64, 1 worker, unpinned", None, None, w[1]["rps_median"], fmt="{:.0f}"),
         Row("requests/s c=64, --workers 2, unpinned", None, None, w[2]["rps_median"], fmt="{:.0f}"),
         Row(
-            "--workers 2 / 1 worker (2 cores)",
+            "--workers 2 / 1 worker (2 cores, median of rounds)",
             None,
             None,
             f"{w['scaling']:.2f}x",
@@ -770,17 +857,65 @@ def workers_rows(w: dict) -> list[Row]:
             w["scaling"] >= 1.7,
             ratios=False,
         ),
+    ]
+    if "cpu" in w[2]:
+        rows.append(
+            Row(
+                "gateway CPU per request (us), 1 worker / 2 workers",
+                None,
+                None,
+                f"{w[1]['gateway_cpu_us_per_request']:.0f} / "
+                f"{w[2]['gateway_cpu_us_per_request']:.0f}",
+                ratios=False,
+            )
+        )
+        # What the two workers would give if the load and the upstream ran on
+        # other cores: two cores at the per-request cost measured with two
+        # workers (contention included, so this errs low), over one worker's.
+        estimate = 2 * w[1]["gateway_cpu_us_per_request"] / w[2]["gateway_cpu_us_per_request"]
+        rows.append(
+            Row(
+                "estimated --workers 2 scaling with load on other cores",
+                None,
+                None,
+                f"{estimate:.2f}x",
+                ratios=False,
+            )
+        )
+        for n in (1, 2):
+            c = w[n]["cpu"]
+            total = c["machine_total"]
+            rows.append(
+                Row(
+                    f"machine CPU in {n}-worker runs: gw/upstream/wrk/idle",
+                    None,
+                    None,
+                    " / ".join(
+                        f"{100 * v / total:.0f}%"
+                        for v in (
+                            c["gateway"],
+                            c["upstream"],
+                            c["wrk"],
+                            max(0.0, total - c["machine_busy"]),
+                        )
+                    ),
+                    ratios=False,
+                )
+            )
+    errors = w[1]["errors"] + w[2]["errors"]
+    rows.append(
         Row(
             "--workers runs: errors",
             None,
             None,
-            w[1]["errors"] + w[2]["errors"],
+            errors,
             "0",
-            w[1]["errors"] + w[2]["errors"] == 0,
+            errors == 0,
             fmt="{:d}",
             ratios=False,
-        ),
-    ]
+        )
+    )
+    return rows
 
 
 def phase_streaming(targets: list[Target], s: Settings, expected: list[str]) -> dict:
@@ -1180,6 +1315,14 @@ def build_rows(res: dict, s: Settings) -> list[Row]:
             ratios=False,
         )
     )
+    if all("load_core_busy_median" in thr[k] for k in k3):
+        rows.append(
+            Row(
+                "load core busy during c=64 runs (wrk + upstream)",
+                *(f"{100 * thr[k]['load_core_busy_median']:.0f}%" for k in k3),
+                ratios=False,
+            )
+        )
     # streaming
     for level in ("c1", "c10"):
         c = level[1:]
@@ -1422,7 +1565,10 @@ def main(argv: Iterable[str] | None = None) -> int:
             gc.collect()
         results["many_streams"] = many
 
-        say(f"[6/6] --workers 1 vs 2 at c=64, nothing pinned ({s.rounds} x {s.wrk_seconds}s each)")
+        say(
+            f"[6/6] --workers 1 vs 2 at c=64, nothing pinned, interleaved "
+            f"({s.workers_rounds} x {s.wrk_seconds}s each)"
+        )
         results["workers"] = phase_workers(procs, tmp, s, wrk)
         say("done measuring")
         for t in targets:

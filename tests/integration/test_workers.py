@@ -1,14 +1,16 @@
-"""`gateway serve --workers 2`: one port, two processes, signals reach both."""
+"""`gateway serve --workers 2`: one port, two processes, signals reach both, one /metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import REPO
 
@@ -30,7 +32,11 @@ async def until_both(url: str, predicate, tries: int = 400) -> dict[int, dict]:
     """Poll /readyz until two different pids satisfy `predicate` (bounded)."""
     seen: dict[int, dict] = {}
     for _ in range(tries):
-        body = await readyz(url)
+        try:
+            body = await readyz(url)
+        except aiohttp.ClientConnectionError:  # a worker being replaced
+            await asyncio.sleep(0.01)
+            continue
         if predicate(body):
             seen[body["pid"]] = body
             if len(seen) == 2:
@@ -69,6 +75,83 @@ async def test_two_workers_share_the_port_and_get_signals(tmp_path, upstream):
         base = {pid: b["reload"]["successes"] for pid, b in workers.items()}
         proc.send_signal(signal.SIGHUP)
         await until_both(url, lambda b: b["reload"]["successes"] > base.get(b["pid"], 1 << 30))
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def requests_total(text: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gateway_requests_total":
+                total += sample.value
+    return total
+
+
+async def scrape_total(url: str) -> float:
+    # A new connection each time, so the kernel may pick either worker.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as s, s.get(f"{url}/metrics") as r:
+        assert r.status == 200
+        return requests_total(await r.text())
+
+
+async def until_scrapes_show(url: str, want: float, in_a_row: int = 20, tries: int = 600) -> None:
+    """Poll /metrics until `in_a_row` consecutive scrapes all report `want`
+    requests (bounded). None may report more: that would be double counting."""
+    streak, seen = 0, []
+    for _ in range(tries):
+        total = await scrape_total(url)
+        assert total <= want, f"a scrape counted {total} requests, more than the {want} sent"
+        seen.append(total)
+        streak = streak + 1 if total == want else 0
+        if streak == in_a_row:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"scrapes never agreed on {want} requests; last ones: {seen[-10:]}")
+
+
+async def test_metrics_count_every_workers_requests_and_survive_a_restart(tmp_path, upstream):
+    """A scrape reaches one worker; it must still report all workers' requests,
+    also after the parent replaces a worker that died."""
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"providers:\n  - name: up\n    base_url: {upstream.base_url}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        "--listen", f"127.0.0.1:{port}", "--workers", "2",
+        cwd=REPO, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):  # bounded wait for the first worker to listen
+            try:
+                await readyz(url)
+                break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        workers = await until_both(url, lambda b: True)
+
+        # Fresh connections, so both workers answer some of them.
+        sent = 30
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as s:
+            for _ in range(sent):
+                async with s.post(f"{url}/v1/chat/completions", json={"model": "up/m"}) as r:
+                    assert r.status == 200
+        await until_scrapes_show(url, sent)
+
+        # A worker dies; its replacement carries on its figures.
+        victim = next(iter(workers))
+        os.kill(victim, signal.SIGKILL)
+        replaced = await until_both(url, lambda b: b["pid"] != victim)
+        assert victim not in replaced
+        await until_scrapes_show(url, sent)
 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
