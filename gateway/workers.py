@@ -6,11 +6,14 @@ parent only supervises: it forwards SIGHUP (reload) and SIGTERM/SIGINT
 (graceful stop) to every worker, restarts a worker that dies unexpectedly,
 and exits 0 once all have stopped cleanly. Each worker also watches the
 config files itself, so a file change reaches all of them without a signal.
+On Linux a worker is also sent SIGTERM when the parent dies, even by SIGKILL,
+so workers are never left serving the port with nobody supervising them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -24,16 +27,35 @@ log = logging.getLogger("gateway.workers")
 _RESTART_BACKOFF = 1.0
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (Linux prctl; elsewhere
+    a no-op). The standard library has no prctl, hence ctypes."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_workers(count: int, run_one: Callable[[int], int]) -> int:
     """Fork `count` workers running `run_one(index)`; supervise until they stop."""
     workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
     stopping = False
+
+    parent = os.getpid()
 
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            _stop_with_parent(parent)
             code = 1
             try:
                 code = run_one(index)
