@@ -77,6 +77,7 @@ def masked(provider: ProviderConfig) -> dict:
         "models": list(provider.models) if provider.models is not None else None,
         "timeouts": {"connect": t.connect, "first_byte": t.first_byte, "idle": t.idle},
         "max_connections": provider.max_connections,
+        "ca_file": provider.ca_file,
         "source": provider.source,
     }
 

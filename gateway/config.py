@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,11 @@ class ProviderConfig:
     models: tuple[str, ...] | None = None
     timeouts: Timeouts = Timeouts()
     max_connections: int = 100
+    # Extra CA certificates (PEM) trusted for this https:// upstream, besides
+    # the system's: `ca_file` as written, `ca_pem` its contents as loaded (so
+    # a changed bundle makes a new runtime, and nothing re-reads the file).
+    ca_file: str | None = None
+    ca_pem: str | None = field(default=None, repr=False)
     source: str = "config"  # "config" (main file) or "store" (an include fragment)
     file: str = ""
 
@@ -164,6 +170,10 @@ class GatewayConfig:
     files: tuple[Path, ...] = ()  # every file read, for the reload watcher
     digest: str = ""  # a hash of those files' contents as they were read
 
+    def ca_files(self) -> list[Path]:
+        """The providers' CA bundles (watched for changes like the config)."""
+        return [Path(p.file).parent / p.ca_file for p in self.providers if p.ca_file]
+
     def provider(self, name: str) -> ProviderConfig | None:
         for p in self.providers:
             if p.name == name:
@@ -198,6 +208,7 @@ PROVIDER_FIELDS = (
     "models",
     "timeouts",
     "max_connections",
+    "ca_file",
 )
 PROVIDER_KEYS = frozenset(PROVIDER_FIELDS)
 
@@ -360,6 +371,11 @@ class _Parser:
             max_conn, file=file, field="max_connections", provider=pname, integer=True
         )
 
+        ca_file = raw.get("ca_file")
+        ca_pem = None
+        if ca_file is not None:
+            ca_pem = self.ca_bundle(ca_file, file, pname, base_url)
+
         if len(self.problems) > before:
             return None
         return ProviderConfig(
@@ -371,9 +387,36 @@ class _Parser:
             models=models,
             timeouts=timeouts,
             max_connections=max_conn,
+            ca_file=ca_file,
+            ca_pem=ca_pem,
             source=source,
             file=str(file),
         )
+
+    def ca_bundle(self, value, file: Path, pname: str, base_url: str | None) -> str | None:
+        """The PEM text of `ca_file` (relative to `file`'s directory), if usable."""
+        if not isinstance(value, str) or not value:
+            self.problem(file, "must be a path to a PEM file of CA certificates", pname, "ca_file")
+            return None
+        if isinstance(base_url, str) and not base_url.startswith("https://"):
+            self.problem(file, "only applies to an https:// base_url", pname, "ca_file")
+            return None
+        path = file.parent / value
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            self.problem(file, f"cannot read {path}: {exc.strerror}", pname, "ca_file")
+            return None
+        self.digest.update(data)
+        try:
+            pem = data.decode("ascii")
+            if "-----BEGIN CERTIFICATE-----" not in pem:
+                raise ValueError
+            ssl.create_default_context(cadata=pem)
+        except (ValueError, ssl.SSLError):
+            self.problem(file, f"{path} holds no usable PEM CA certificate", pname, "ca_file")
+            return None
+        return pem
 
     def base_url(self, value, file, pname) -> str | None:
         if not isinstance(value, str) or not value:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class ProviderRuntime:
         "_closing",
         "_pool",
         "_session",
+        "_tls",
         "api_key",
         "base_url",
         "config",
@@ -100,6 +102,7 @@ class ProviderRuntime:
         self.model_cache: ModelCache = ModelCache()
         self._session: aiohttp.ClientSession | None = None
         self._pool: Pool | None = None
+        self._tls: ssl.SSLContext | None = None
         self._closing = False
 
     def __repr__(self) -> str:
@@ -112,6 +115,7 @@ class ProviderRuntime:
         s = self._session
         if s is None:
             connector = aiohttp.TCPConnector(
+                ssl=self.tls_context() or True,
                 limit=self.config.max_connections,
                 limit_per_host=0,
                 ttl_dns_cache=60,
@@ -130,6 +134,19 @@ class ProviderRuntime:
             )
         return s
 
+    def tls_context(self) -> ssl.SSLContext | None:
+        """Verification against the system CAs, plus the provider's `ca_file`.
+
+        None for plain http://. One context per runtime, shared by the pool and
+        the session (building one loads the system store: milliseconds)."""
+        if self.base_url.scheme != "https":
+            return None
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+            if self.config.ca_pem:
+                self._tls.load_verify_locations(cadata=self.config.ca_pem)
+        return self._tls
+
     @property
     def pool(self) -> Pool:
         """The hot path's keep-alive connections (see gateway.upstream)."""
@@ -139,7 +156,7 @@ class ProviderRuntime:
             p = self._pool = Pool(
                 url.host or "",
                 url.port or (443 if url.scheme == "https" else 80),
-                use_tls=url.scheme == "https",
+                tls=self.tls_context() if url.scheme == "https" else None,
                 limit=self.config.max_connections,
                 connect_timeout=self.config.timeouts.connect,
             )

@@ -449,7 +449,7 @@ class Pool:
         self,
         host: str,
         port: int,
-        use_tls: bool,
+        tls: ssl_module.SSLContext | None,
         limit: int,
         connect_timeout: float,
         keepalive: float = 30.0,
@@ -460,7 +460,7 @@ class Pool:
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
-        self.ssl = ssl_module.create_default_context() if use_tls else None
+        self.ssl = tls
         self._idle: deque[Connection] = deque()
         self._busy = 0  # connections handed out or being opened
         self._waiters: deque[asyncio.Future] = deque()

@@ -142,6 +142,7 @@ class ConfigWatcher:
             keys.append(Path(env_key))
         for key in keys:
             (dirs if key.is_dir() else files).append(key)
+        files += config.ca_files()
         return files, dirs
 
     def fingerprint(self) -> Fingerprint:

@@ -9,6 +9,8 @@ file in a temp dir exactly as `gateway serve` builds it.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import random
 import textwrap
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,10 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from multidict import CIMultiDictProxy
 
 from gateway.reload import Reloader, load_snapshot
@@ -193,3 +199,36 @@ def provider_yaml(name: str, upstream: Upstream, **extra: object) -> str:
     for key, value in extra.items():
         lines.append(f"    {key}: {orjson.dumps(value).decode()}")
     return "\n".join(lines) + "\n"
+
+
+def self_signed(tmp_path: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (IP SAN) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)

@@ -280,6 +280,8 @@ function readForm() {
     if (editing.max_connections !== DEFAULT_MAX_CONNECTIONS) {
       body.max_connections = editing.max_connections;
     }
+    // Set in YAML or through the API; the form has no field for it.
+    if (editing.ca_file) body.ca_file = editing.ca_file;
   }
   return { body, errors };
 }

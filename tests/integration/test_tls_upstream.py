@@ -2,49 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import ssl
 
 import aiohttp
 import orjson
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-
-def self_signed(tmp_path) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 (IP SAN) and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
+from tests.support import self_signed
 
 
 async def start_tls_upstream(cert: str, key: str, seen: list) -> tuple[web.AppRunner, int]:
@@ -58,8 +22,12 @@ async def start_tls_upstream(cert: str, key: str, seen: list) -> tuple[web.AppRu
         await resp.write_eof()
         return resp
 
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "tls-model"}]})
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -115,5 +83,40 @@ async def test_untrusted_certificate_is_refused(tmp_path, gateway_factory, monke
         assert error["code"] == "upstream_unreachable"
         assert "CERTIFICATE_VERIFY_FAILED" in error["message"] or "certificate" in error["message"]
         assert seen == []  # the key never went to an unverified server
+    finally:
+        await runner.cleanup()
+
+
+async def test_provider_ca_file_trusts_an_internal_ca_for_that_provider_only(
+    tmp_path, gateway_factory, monkeypatch
+):
+    """`ca_file` adds a CA for one provider: its requests and model listing
+    verify; a provider without it, same server, is still refused."""
+    cert, key = self_signed(tmp_path)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    seen: list = []
+    runner, port = await start_tls_upstream(cert, key, seen)
+    try:
+        gw = await gateway_factory(
+            f"providers:\n"
+            f"  - name: lab\n    base_url: https://127.0.0.1:{port}/v1\n"
+            f"    api_key: lab-key\n    ca_file: {cert}\n"
+            f"  - name: other\n    base_url: https://127.0.0.1:{port}/v1\n"
+            f"    api_key: other-key\n"
+        )
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                f"{gw.base_url}/chat/completions", json={"model": "lab/m", "stream": True}
+            ) as r:
+                assert r.status == 200
+                assert (await r.read()).endswith(b"data: [DONE]\n\n")
+            # The models listing goes through the other client (aiohttp's).
+            async with s.get(f"{gw.base_url}/models") as r:
+                ids = [m["id"] for m in (await r.json())["data"]]
+            assert "lab/tls-model" in ids
+            assert not any(i.startswith("other/") for i in ids)
+            async with s.post(f"{gw.base_url}/chat/completions", json={"model": "other/m"}) as r:
+                assert r.status == 502
+        assert [auth for auth, _ in seen] == ["Bearer lab-key"]
     finally:
         await runner.cleanup()

@@ -14,6 +14,7 @@ from gateway.config import (
     load_config,
     parse_listen,
 )
+from tests.support import self_signed
 
 
 def write(tmp_path: Path, text: str, fragments: dict[str, str] | None = None) -> Path:
@@ -241,3 +242,62 @@ def test_reserved_provider_names(tmp_path, name):
     path = write(tmp_path, f"providers:\n  - name: {name}\n    base_url: http://h/v1\n")
     [(_, provider, field, message)] = problems(path)
     assert (provider, field) == (name, "name") and "reserved" in message
+
+
+def test_ca_file_is_loaded_relative_to_its_file_and_hashed(tmp_path):
+    cert, _ = self_signed(tmp_path)
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "lab.pem").write_text(Path(cert).read_text())
+    path = write(
+        tmp_path,
+        """
+        providers:
+          - name: lab
+            base_url: https://lab.internal/v1
+            ca_file: certs/lab.pem
+        """,
+    )
+    cfg = load_config(path)
+    lab = cfg.provider("lab")
+    assert lab.ca_file == "certs/lab.pem"
+    assert lab.ca_pem == Path(cert).read_text()
+    assert cfg.ca_files() == [tmp_path / "certs" / "lab.pem"]
+    assert "BEGIN" not in repr(lab)  # the bundle is not dumped into logs
+    # Another CA in the same file: another config (digest and provider).
+    other, _ = self_signed(tmp_path / "certs")
+    (tmp_path / "certs" / "lab.pem").write_text(Path(other).read_text())
+    again = load_config(path)
+    assert again.digest != cfg.digest
+    assert again.provider("lab") != lab
+
+
+@pytest.mark.parametrize(
+    ("base_url", "ca_file", "content", "message"),
+    [
+        ("https://h/v1", "missing.pem", None, "cannot read"),
+        ("https://h/v1", "ca.pem", "not a certificate\n", "no usable PEM CA certificate"),
+        (
+            "https://h/v1",
+            "ca.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "no usable PEM CA certificate",
+        ),
+        ("http://h/v1", "ca.pem", None, "only applies to an https:// base_url"),
+        ("https://h/v1", "", None, "must be a path"),
+    ],
+)
+def test_ca_file_problems_name_the_field(tmp_path, base_url, ca_file, content, message):
+    if content is not None:
+        (tmp_path / "ca.pem").write_text(content)
+    path = write(
+        tmp_path,
+        f"""
+        providers:
+          - name: lab
+            base_url: {base_url}
+            ca_file: "{ca_file}"
+        """,
+    )
+    [(file, provider, field, text)] = problems(path)
+    assert (file, provider, field) == ("gateway.yaml", "lab", "ca_file")
+    assert message in text

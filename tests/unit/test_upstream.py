@@ -145,7 +145,7 @@ async def make_pool():
 
     def make(port: int, limit: int = 4, keepalive: float = 30.0) -> Pool:
         pool = Pool(
-            "127.0.0.1", port, use_tls=False, limit=limit, connect_timeout=1.0, keepalive=keepalive
+            "127.0.0.1", port, tls=None, limit=limit, connect_timeout=1.0, keepalive=keepalive
         )
         made.append(pool)
         return pool
@@ -934,7 +934,7 @@ async def test_chunk_size_must_be_plain_hex(size):
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    pool = Pool("127.0.0.1", port, use_tls=False, limit=1, connect_timeout=2)
+    pool = Pool("127.0.0.1", port, tls=None, limit=1, connect_timeout=2)
     try:
         conn = await pool.acquire()
         resp = await conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"", 2)

@@ -17,6 +17,7 @@ from gateway.reload import Reloader
 from gateway.secrets import SecretResolver
 from gateway.snapshot import SnapshotHolder, build_snapshot
 from gateway.watcher import ConfigWatcher, FileHasher
+from tests.support import self_signed
 
 UP = "http://127.0.0.1:9/v1"
 
@@ -239,3 +240,26 @@ async def test_stop_cancels_the_task_and_is_idempotent(tmp_path):
     await watcher.stop()
     assert task.cancelled()
     await watcher.stop()
+
+
+async def test_a_changed_ca_file_reloads(tmp_path):
+    """A provider's CA bundle is watched like the config: rotating the CA
+    needs no config edit."""
+    first, _ = self_signed(tmp_path / "a")
+    second, _ = self_signed(tmp_path / "b")
+    ca = tmp_path / "lab-ca.pem"
+    ca.write_text(Path(first).read_text())
+    path = tmp_path / "gateway.yaml"
+    write(path, "providers:\n  - name: lab\n    base_url: https://h/v1\n    ca_file: lab-ca.pem\n")
+    reloader = reloader_for(path)
+    watcher = ConfigWatcher(reloader, interval=0.02)
+    assert ca in watcher.watched()[0]
+    watcher.start()
+    try:
+        await eventually(lambda: watcher.polls >= 1, what="first poll")
+        ca.write_text(Path(second).read_text())
+        await eventually(lambda: reloader.status.successes == 1, what="reload on CA change")
+        pem = reloader.holder.current.config.provider("lab").ca_pem
+        assert pem == Path(second).read_text()
+    finally:
+        await watcher.stop()
