@@ -18,7 +18,13 @@ import yaml
 from playwright.async_api import expect
 
 from tests.browser.conftest import ADMIN_TOKEN, UPSTREAM_KEY
-from tests.support import Upstream, provider_yaml, start_gateway_from, write_config
+from tests.support import (
+    Upstream,
+    provider_yaml,
+    self_signed,
+    start_gateway_from,
+    write_config,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -246,6 +252,24 @@ async def test_masked_header_must_be_typed_again(page, ui_gateway_factory, ui_up
     assert saved["headers"]["X-Api-Token"] == "new-value"
     # Fields the form does not show survive an edit.
     assert saved["timeouts"]["connect"] == 3
+
+
+async def test_ca_file_survives_a_ui_edit(page, ui_gateway_factory, tmp_path):
+    """The form has no CA field; an edit must send the stored one back (PUT
+    replaces the record) rather than drop it."""
+    cert, _ = self_signed(tmp_path / "ca")
+    fragment = f"name: lab\nbase_url: https://lab.invalid/v1\nca_file: {cert}\n"
+    gw = await ui_gateway_factory(stored={"lab": fragment})
+    path = gw.config_path.parent / "providers.d" / "lab.yaml"
+    await open_ui(page, gw)
+    await sign_in(page)
+    await row(page, "lab").locator("[data-action=edit]").click()
+    await page.fill("#f-models", "m1")
+    await page.click("#save")
+    await expect(page.locator("#editor")).to_be_hidden()
+    saved = yaml.safe_load(path.read_text())
+    assert saved["models"] == ["m1"]
+    assert saved["ca_file"] == cert
 
 
 async def test_read_only_gateway(page, ui_gateway_factory, ui_upstream, shots_dir):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway.sealing import write_keypair
-from tests.support import start_gateway_from, write_config
+from tests.support import self_signed, start_gateway_from, write_config
 
 TOKEN = "admin-token-for-tests"
 UPSTREAM_KEY = "upstream-plain-key-123"
@@ -152,6 +152,7 @@ async def test_full_lifecycle(admin_env, upstream):
         ({"models": [1]}, "models"),
         ({"timeouts": {"connect": -1}}, "timeouts.connect"),
         ({"api_key": ""}, "api_key"),
+        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file"),  # and http:// anyway
         ({"colour": "blue"}, "colour"),
     ],
 )
@@ -339,3 +340,21 @@ async def test_listing_says_whether_writes_are_possible(admin_env, tmp_path, ups
         assert listing["writable"] is False and "writable" in listing["read_only_reason"]
     finally:
         await ro.close()
+
+
+async def test_ca_file_is_stored_shown_and_kept_by_an_edit(admin_env, tmp_path):
+    """A CA bundle set through the API is written to the fragment, shown as
+    written, and kept by an edit that sends it back (PUT replaces the record;
+    the UI sends it back)."""
+    gw, s, store = admin_env
+    cert, _ = self_signed(tmp_path / "ca")
+    body = {"name": "lab", "base_url": "https://lab.internal/v1", "ca_file": cert}
+    status, out = await call(s, "POST", f"{gw.url}/admin/providers", body)
+    assert status == 201, out
+    assert out["ca_file"] == cert
+    assert "ca_file: " in (store / "lab.yaml").read_text()
+    status, out = await call(s, "GET", f"{gw.url}/admin/providers/lab")
+    assert (status, out["ca_file"]) == (200, cert)
+    body["models"] = ["m1"]
+    status, out = await call(s, "PUT", f"{gw.url}/admin/providers/lab", body)
+    assert (status, out["ca_file"], out["models"]) == (200, cert, ["m1"])
