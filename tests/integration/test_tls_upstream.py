@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 
 from tests.support import self_signed
+
+
+@dataclass
+class TlsUpstream:
+    cert: str  # its self-signed certificate (PEM), also the CA to trust
+    port: int
+    seen: list  # (Authorization, JSON body) of each chat request it received
+
+
+@pytest.fixture
+async def tls_upstream(tmp_path, monkeypatch) -> AsyncIterator[TlsUpstream]:
+    """An HTTPS upstream on 127.0.0.1 with a certificate nothing trusts yet
+    (SSL_CERT_FILE unset: only the system's CAs, which did not sign it)."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    cert, key = self_signed(tmp_path)
+    seen: list = []
+    runner, port = await start_tls_upstream(cert, key, seen)
+    try:
+        yield TlsUpstream(cert, port, seen)
+    finally:
+        await runner.cleanup()
 
 
 async def start_tls_upstream(cert: str, key: str, seen: list) -> tuple[web.AppRunner, int]:
@@ -37,86 +61,69 @@ async def start_tls_upstream(cert: str, key: str, seen: list) -> tuple[web.AppRu
     return runner, runner.addresses[0][1]
 
 
-async def test_https_upstream_verified_and_streamed(tmp_path, gateway_factory, monkeypatch):
-    cert, key = self_signed(tmp_path)
-    # The gateway trusts the system's CAs; SSL_CERT_FILE is how an operator
-    # adds an internal CA, and how this test makes its own certificate trusted.
-    monkeypatch.setenv("SSL_CERT_FILE", cert)
-    seen: list = []
-    runner, port = await start_tls_upstream(cert, key, seen)
-    try:
-        gw = await gateway_factory(
-            f"providers:\n  - name: tls\n    base_url: https://127.0.0.1:{port}/v1\n"
-            "    api_key: tls-upstream-key\n"
-        )
-        async with aiohttp.ClientSession() as s:
-            for _ in range(2):  # the second request reuses the TLS connection
-                async with s.post(
-                    f"{gw.base_url}/chat/completions", json={"model": "tls/m", "stream": True}
-                ) as r:
-                    assert r.status == 200
-                    body = await r.read()
-                assert body == (
-                    b'data: {"content":"secure"}\n\ndata: {"content":" hello"}\n\ndata: [DONE]\n\n'
-                )
-        assert seen == [("Bearer tls-upstream-key", {"model": "m", "stream": True})] * 2
-    finally:
-        await runner.cleanup()
+async def test_https_upstream_verified_and_streamed(tls_upstream, gateway_factory, monkeypatch):
+    # The gateway trusts the system's CAs; SSL_CERT_FILE replaces that bundle
+    # for every provider, and makes this test's certificate trusted.
+    monkeypatch.setenv("SSL_CERT_FILE", tls_upstream.cert)
+    port, seen = tls_upstream.port, tls_upstream.seen
+    gw = await gateway_factory(
+        f"providers:\n  - name: tls\n    base_url: https://127.0.0.1:{port}/v1\n"
+        "    api_key: tls-upstream-key\n"
+    )
+    async with aiohttp.ClientSession() as s:
+        for _ in range(2):  # the second request reuses the TLS connection
+            async with s.post(
+                f"{gw.base_url}/chat/completions", json={"model": "tls/m", "stream": True}
+            ) as r:
+                assert r.status == 200
+                body = await r.read()
+            assert body == (
+                b'data: {"content":"secure"}\n\ndata: {"content":" hello"}\n\ndata: [DONE]\n\n'
+            )
+    assert seen == [("Bearer tls-upstream-key", {"model": "m", "stream": True})] * 2
 
 
-async def test_untrusted_certificate_is_refused(tmp_path, gateway_factory, monkeypatch):
-    cert, key = self_signed(tmp_path)
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    seen: list = []
-    runner, port = await start_tls_upstream(cert, key, seen)
-    try:
-        gw = await gateway_factory(
-            f"providers:\n  - name: tls\n    base_url: https://127.0.0.1:{port}/v1\n"
-            "    api_key: tls-upstream-key\n"
-        )
-        async with (
-            aiohttp.ClientSession() as s,
-            s.post(f"{gw.base_url}/chat/completions", json={"model": "tls/m"}) as r,
-        ):
-            assert r.status == 502
-            error = (await r.json())["error"]
-        assert error["code"] == "upstream_unreachable"
-        assert "CERTIFICATE_VERIFY_FAILED" in error["message"] or "certificate" in error["message"]
-        assert seen == []  # the key never went to an unverified server
-    finally:
-        await runner.cleanup()
+async def test_untrusted_certificate_is_refused(tls_upstream, gateway_factory):
+    port, seen = tls_upstream.port, tls_upstream.seen
+    gw = await gateway_factory(
+        f"providers:\n  - name: tls\n    base_url: https://127.0.0.1:{port}/v1\n"
+        "    api_key: tls-upstream-key\n"
+    )
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.base_url}/chat/completions", json={"model": "tls/m"}) as r,
+    ):
+        assert r.status == 502
+        error = (await r.json())["error"]
+    assert error["code"] == "upstream_unreachable"
+    assert "CERTIFICATE_VERIFY_FAILED" in error["message"] or "certificate" in error["message"]
+    assert seen == []  # the key never went to an unverified server
 
 
 async def test_provider_ca_file_trusts_an_internal_ca_for_that_provider_only(
-    tmp_path, gateway_factory, monkeypatch
+    tls_upstream, gateway_factory
 ):
     """`ca_file` adds a CA for one provider: its requests and model listing
     verify; a provider without it, same server, is still refused."""
-    cert, key = self_signed(tmp_path)
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    seen: list = []
-    runner, port = await start_tls_upstream(cert, key, seen)
-    try:
-        gw = await gateway_factory(
-            f"providers:\n"
-            f"  - name: lab\n    base_url: https://127.0.0.1:{port}/v1\n"
-            f"    api_key: lab-key\n    ca_file: {cert}\n"
-            f"  - name: other\n    base_url: https://127.0.0.1:{port}/v1\n"
-            f"    api_key: other-key\n"
-        )
-        async with aiohttp.ClientSession() as s:
-            async with s.post(
-                f"{gw.base_url}/chat/completions", json={"model": "lab/m", "stream": True}
-            ) as r:
-                assert r.status == 200
-                assert (await r.read()).endswith(b"data: [DONE]\n\n")
-            # The models listing goes through the other client (aiohttp's).
-            async with s.get(f"{gw.base_url}/models") as r:
-                ids = [m["id"] for m in (await r.json())["data"]]
-            assert "lab/tls-model" in ids
-            assert not any(i.startswith("other/") for i in ids)
-            async with s.post(f"{gw.base_url}/chat/completions", json={"model": "other/m"}) as r:
-                assert r.status == 502
-        assert [auth for auth, _ in seen] == ["Bearer lab-key"]
-    finally:
-        await runner.cleanup()
+    cert, port, seen = tls_upstream.cert, tls_upstream.port, tls_upstream.seen
+    gw = await gateway_factory(
+        f"providers:\n"
+        f"  - name: lab\n    base_url: https://127.0.0.1:{port}/v1\n"
+        f"    api_key: lab-key\n    ca_file: {cert}\n"
+        f"  - name: other\n    base_url: https://127.0.0.1:{port}/v1\n"
+        f"    api_key: other-key\n"
+    )
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            f"{gw.base_url}/chat/completions", json={"model": "lab/m", "stream": True}
+        ) as r:
+            assert r.status == 200
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+        # The models listing goes through the other client (aiohttp's).
+        async with s.get(f"{gw.base_url}/models") as r:
+            ids = [m["id"] for m in (await r.json())["data"]]
+        assert "lab/tls-model" in ids
+        assert not any(i.startswith("other/") for i in ids)
+        async with s.post(f"{gw.base_url}/chat/completions", json={"model": "other/m"}) as r:
+            assert r.status == 502
+    assert [auth for auth, _ in seen] == ["Bearer lab-key"]
