@@ -444,6 +444,16 @@ class _Parser:
         return value.rstrip("/")
 
 
+# libyaml's parser when PyYAML was built with it (the wheels are): the pure
+# Python one took 85% of a 200-provider reload's ~110 ms, on the event loop.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, with libyaml where available."""
+    return yaml.load(text, Loader=_YAML_LOADER)
+
+
 def _read_yaml(path: Path, parser: _Parser) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -459,7 +469,7 @@ def _read_yaml(path: Path, parser: _Parser) -> Any:
     parser.digest.update(str(path).encode())
     parser.digest.update(text.encode())
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import PROVIDER_FIELDS
+from .config import PROVIDER_FIELDS, load_yaml
 
 # Order of keys in a written file: the way a person would write it.
 FIELD_ORDER = PROVIDER_FIELDS
@@ -64,7 +64,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def read_raw(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = load_yaml(path.read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else {}
 
 
