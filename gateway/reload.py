@@ -104,10 +104,12 @@ class Reloader:
             last_success=holder.current.loaded_at, config_hash=holder.current.digest
         )
 
-    def reload(self, reason: str = "requested") -> bool:
-        """Try to make the config on disk live. True when it was swapped in.
+    def reload(self, reason: str = "requested", only_if_changed: bool = False) -> bool:
+        """Try to make the config on disk live. True when it is live.
 
         `reason` (e.g. "SIGHUP", "file change") only goes into the log line.
+        With `only_if_changed`, a config identical to the live one (same
+        digest) is not swapped in nor counted as a reload.
         """
         current = self.holder.current
         try:
@@ -119,6 +121,11 @@ class Reloader:
             # leave a half-built config live: reject like any bad config.
             log.debug("reload failed unexpectedly", exc_info=True)
             return self._reject(reason, f"unexpected {type(exc).__name__}: {exc}")
+        if only_if_changed and snapshot.digest == current.digest:
+            # What is on disk is what serves: any earlier rejection is over.
+            self.status.last_reload_ok = True
+            log.debug("config unchanged (%s): %s stays live", reason, current.digest)
+            return True
         old = self.holder.swap(snapshot)
         status = self.status
         status.successes += 1

@@ -123,6 +123,7 @@ class ConfigWatcher:
         self.max_delay = max_delay
         self.hasher = FileHasher(racy_window)
         self.polls = 0  # completed polls, so tests can wait for "a few polls later"
+        self.changes = 0  # settled changes handed to the reloader
         self._task: asyncio.Task | None = None
 
     def watched(self) -> tuple[list[Path], list[Path]]:
@@ -136,14 +137,19 @@ class ConfigWatcher:
         dirs: list[Path] = []
         if config.include is not None:
             dirs.append(config.include)
+        for key in self.key_paths():
+            (dirs if key.is_dir() else files).append(key)
+        files += config.ca_files()
+        return files, dirs
+
+    def key_paths(self) -> list[Path]:
+        """The private key file or directory (config, or the env override)."""
+        config = self.reloader.holder.current.config
         keys = [config.seal_key_file] if config.seal_key_file is not None else []
         env_key = os.environ.get(SEAL_KEY_ENV)
         if env_key:
             keys.append(Path(env_key))
-        for key in keys:
-            (dirs if key.is_dir() else files).append(key)
-        files += config.ca_files()
-        return files, dirs
+        return keys
 
     def fingerprint(self) -> Fingerprint:
         files, dirs = self.watched()
@@ -201,7 +207,16 @@ class ConfigWatcher:
                 changed = sorted(
                     k for k in seen.keys() | baseline.keys() if seen.get(k) != baseline.get(k)
                 )
-                self.reloader.reload("changed: " + ", ".join(changed))
+                self.changes += 1
+                # Often the change is already live: the admin API writes a
+                # fragment and reloads at once, and that is no second reload.
+                # The config digest covers every file but the keys, so a key
+                # change (rotation: a new key seals) always reloads.
+                keys = tuple(str(k) for k in self.key_paths())
+                key_changed = bool(keys) and any(c.startswith(keys) for c in changed)
+                self.reloader.reload(
+                    "changed: " + ", ".join(changed), only_if_changed=not key_changed
+                )
                 # The state just loaded (or rejected) is the new baseline: a
                 # rejected config is not retried until something changes
                 # again. If the reload changed what is watched (a new

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.reload import Reloader
+from gateway.reload import Reloader, load_snapshot
+from gateway.sealing import parse_public_key, write_keypair
 from gateway.secrets import SecretResolver
 from gateway.snapshot import SnapshotHolder, build_snapshot
 from gateway.watcher import ConfigWatcher, FileHasher
@@ -261,5 +262,48 @@ async def test_a_changed_ca_file_reloads(tmp_path):
         await eventually(lambda: reloader.status.successes == 1, what="reload on CA change")
         pem = reloader.holder.current.config.provider("lab").ca_pem
         assert pem == Path(second).read_text()
+    finally:
+        await watcher.stop()
+
+
+async def test_a_change_already_made_live_is_not_reloaded_again(tmp_path):
+    """The admin API writes a fragment and reloads at once; the watcher then
+    sees the same change. That must not count as a second reload."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config_with_header("0"))
+    reloader = reloader_for(path)
+    watcher = ConfigWatcher(reloader, interval=0.02)
+    watcher.start()
+    try:
+        await eventually(lambda: watcher.polls >= 1, what="first poll")
+        path.write_text(config_with_header("1"))
+        assert reloader.reload("admin write") is True
+        await eventually(lambda: watcher.changes == 1, what="the watcher seeing the change")
+        assert live_gen(reloader) == "1"
+        assert (reloader.status.successes, reloader.status.failures) == (1, 0)
+        # A real change after that is still reloaded.
+        path.write_text(config_with_header("2"))
+        await eventually(lambda: live_gen(reloader) == "2", what="next change live")
+        assert reloader.status.successes == 2
+    finally:
+        await watcher.stop()
+
+
+async def test_a_new_key_reloads_even_though_the_config_is_the_same(tmp_path):
+    """The config digest does not cover the private keys: a key added for
+    rotation must still make a new snapshot, whose sealer uses it."""
+    keys = tmp_path / "keys"
+    write_keypair(keys, "seal-2026-01")
+    path = tmp_path / "gateway.yaml"
+    write(path, f"seal_key_file: keys\nproviders:\n  - name: a\n    base_url: {UP}\n")
+    reloader = Reloader(path, SnapshotHolder(load_snapshot(path)))
+    watcher = ConfigWatcher(reloader, interval=0.02)
+    watcher.start()
+    try:
+        await eventually(lambda: watcher.polls >= 1, what="first poll")
+        _, pub, new_kid = write_keypair(keys, "seal-2026-07")
+        await eventually(lambda: reloader.status.successes == 1, what="reload on the new key")
+        sealed = reloader.holder.current.seal("sk-rotated", "a")
+        assert sealed.split(":")[2] == new_kid == parse_public_key(pub.read_text()).kid
     finally:
         await watcher.stop()
