@@ -6,6 +6,7 @@ Real files in a temp dir, a real Reloader and SnapshotHolder; no HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import textwrap
 from pathlib import Path
@@ -41,6 +42,18 @@ async def eventually(probe, timeout: float = 2.0, what: str = "condition") -> No
     while not probe():
         assert loop.time() < deadline, f"not within {timeout}s: {what}"
         await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def watching(reloader: Reloader, interval: float = 0.02):
+    """A running watcher that has polled once (its baseline is taken); stopped on exit."""
+    watcher = ConfigWatcher(reloader, interval=interval)
+    watcher.start()
+    try:
+        await eventually(lambda: watcher.polls >= 1, what="first poll")
+        yield watcher
+    finally:
+        await watcher.stop()
 
 
 def test_unchanged_file_is_not_reread_once_its_timestamps_are_old(tmp_path):
@@ -195,10 +208,7 @@ async def test_a_burst_of_writes_gives_one_reload_of_the_final_state(tmp_path):
     path = tmp_path / "gateway.yaml"
     path.write_text(config_with_header("0"))
     reloader = reloader_for(path)
-    watcher = ConfigWatcher(reloader, interval=0.05)
-    watcher.start()
-    try:
-        await eventually(lambda: watcher.polls >= 1, what="first poll")
+    async with watching(reloader, interval=0.05):
         # A write every 10 ms: every poll (50 ms apart, same loop) sees a new
         # state, so nothing settles until the burst is over.
         for i in range(1, 31):
@@ -207,17 +217,13 @@ async def test_a_burst_of_writes_gives_one_reload_of_the_final_state(tmp_path):
         await eventually(lambda: live_gen(reloader) == "30", what="final state live")
         assert reloader.status.successes == 1
         assert reloader.status.failures == 0
-    finally:
-        await watcher.stop()
 
 
 async def test_a_rejected_config_is_not_retried_until_something_changes(tmp_path):
     path = tmp_path / "gateway.yaml"
     path.write_text(config_with_header("0"))
     reloader = reloader_for(path)
-    watcher = ConfigWatcher(reloader, interval=0.02)
-    watcher.start()
-    try:
+    async with watching(reloader) as watcher:
         path.write_text("providers:\n  - name: a\n    base_url: nope\n")
         await eventually(lambda: reloader.status.failures == 1, what="rejection")
         polls = watcher.polls
@@ -227,8 +233,6 @@ async def test_a_rejected_config_is_not_retried_until_something_changes(tmp_path
         path.write_text(config_with_header("1"))
         await eventually(lambda: live_gen(reloader) == "1", what="fixed config live")
         assert (reloader.status.successes, reloader.status.failures) == (1, 1)
-    finally:
-        await watcher.stop()
 
 
 async def test_stop_cancels_the_task_and_is_idempotent(tmp_path):
@@ -253,17 +257,12 @@ async def test_a_changed_ca_file_reloads(tmp_path):
     path = tmp_path / "gateway.yaml"
     write(path, "providers:\n  - name: lab\n    base_url: https://h/v1\n    ca_file: lab-ca.pem\n")
     reloader = reloader_for(path)
-    watcher = ConfigWatcher(reloader, interval=0.02)
-    assert ca in watcher.watched()[0]
-    watcher.start()
-    try:
-        await eventually(lambda: watcher.polls >= 1, what="first poll")
+    assert ca in ConfigWatcher(reloader).watched()[0]
+    async with watching(reloader):
         ca.write_text(Path(second).read_text())
         await eventually(lambda: reloader.status.successes == 1, what="reload on CA change")
         pem = reloader.holder.current.config.provider("lab").ca_pem
         assert pem == Path(second).read_text()
-    finally:
-        await watcher.stop()
 
 
 async def test_a_change_already_made_live_is_not_reloaded_again(tmp_path):
@@ -272,10 +271,7 @@ async def test_a_change_already_made_live_is_not_reloaded_again(tmp_path):
     path = tmp_path / "gateway.yaml"
     path.write_text(config_with_header("0"))
     reloader = reloader_for(path)
-    watcher = ConfigWatcher(reloader, interval=0.02)
-    watcher.start()
-    try:
-        await eventually(lambda: watcher.polls >= 1, what="first poll")
+    async with watching(reloader) as watcher:
         path.write_text(config_with_header("1"))
         assert reloader.reload("admin write") is True
         await eventually(lambda: watcher.changes == 1, what="the watcher seeing the change")
@@ -285,8 +281,6 @@ async def test_a_change_already_made_live_is_not_reloaded_again(tmp_path):
         path.write_text(config_with_header("2"))
         await eventually(lambda: live_gen(reloader) == "2", what="next change live")
         assert reloader.status.successes == 2
-    finally:
-        await watcher.stop()
 
 
 async def test_a_new_key_reloads_even_though_the_config_is_the_same(tmp_path):
@@ -297,13 +291,8 @@ async def test_a_new_key_reloads_even_though_the_config_is_the_same(tmp_path):
     path = tmp_path / "gateway.yaml"
     write(path, f"seal_key_file: keys\nproviders:\n  - name: a\n    base_url: {UP}\n")
     reloader = Reloader(path, SnapshotHolder(load_snapshot(path)))
-    watcher = ConfigWatcher(reloader, interval=0.02)
-    watcher.start()
-    try:
-        await eventually(lambda: watcher.polls >= 1, what="first poll")
+    async with watching(reloader):
         _, pub, new_kid = write_keypair(keys, "seal-2026-07")
         await eventually(lambda: reloader.status.successes == 1, what="reload on the new key")
         sealed = reloader.holder.current.seal("sk-rotated", "a")
         assert sealed.split(":")[2] == new_kid == parse_public_key(pub.read_text()).kid
-    finally:
-        await watcher.stop()
