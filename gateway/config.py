@@ -398,7 +398,7 @@ class _Parser:
         if not isinstance(value, str) or not value:
             self.problem(file, "must be a path to a PEM file of CA certificates", pname, "ca_file")
             return None
-        if isinstance(base_url, str) and not base_url.startswith("https://"):
+        if isinstance(base_url, str) and URL(base_url).scheme != "https":
             self.problem(file, "only applies to an https:// base_url", pname, "ca_file")
             return None
         path = file.parent / value
@@ -412,7 +412,8 @@ class _Parser:
             pem = data.decode("ascii")
             if "-----BEGIN CERTIFICATE-----" not in pem:
                 raise ValueError
-            ssl.create_default_context(cadata=pem)
+            # A bare context: only this bundle is parsed, not the system's.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
         except (ValueError, ssl.SSLError):
             self.problem(file, f"{path} holds no usable PEM CA certificate", pname, "ca_file")
             return None

@@ -156,7 +156,7 @@ class ProviderRuntime:
             p = self._pool = Pool(
                 url.host or "",
                 url.port or (443 if url.scheme == "https" else 80),
-                tls=self.tls_context() if url.scheme == "https" else None,
+                tls=self.tls_context(),
                 limit=self.config.max_connections,
                 connect_timeout=self.config.timeouts.connect,
             )
