@@ -710,10 +710,11 @@ def phase_throughput(
     load_core = procs.pin[1] if procs.pin else None
 
     def load(port: int, seconds: int) -> dict:
-        if not wrk:
-            return python_load(port, seconds, 64)
         before = machine_cpu(load_core) if load_core is not None else None
-        result = run_wrk(wrk, procs.prefix(load_core), script, port, seconds, 64)
+        if wrk:
+            result = run_wrk(wrk, procs.prefix(load_core), script, port, seconds, 64)
+        else:
+            result = python_load(port, seconds, 64)
         if before is not None:
             # How busy the load core was (wrk and the upstream): below 100%
             # the load side was not what limited the rate.
@@ -722,8 +723,8 @@ def phase_throughput(
         return result
 
     def loader_alone(direct: Target, seconds: int) -> dict:
-        """wrk's own rate: the upstream moves to the proxy core (idle meanwhile),
-        so wrk has the load core to itself."""
+        """The loader's own rate: the upstream moves to the proxy core (idle
+        meanwhile), so the loader has the load core to itself."""
         os.sched_setaffinity(direct.child.pid, {procs.pin[0]})
         try:
             return load(direct.port, seconds)
@@ -733,7 +734,7 @@ def phase_throughput(
     runs: dict[str, list[dict]] = {t.key: [] for t in targets}
     loader_runs: list[dict] = []
     direct = next((t for t in targets if t.key == "direct"), None)
-    measure_loader = bool(wrk and procs.pin and direct)
+    measure_loader = bool(procs.pin and direct)
     for t in targets:
         load(t.port, 1)  # warm-up
     for r in range(s.rounds):
@@ -1323,17 +1324,23 @@ def build_rows(res: dict, s: Settings) -> list[Row]:
     )
     headroom = rps[0] / rps[2] if rps[2] else math.nan
     rows.append(
-        Row("direct / gw rps (wrk and upstream share a core)", None, None, headroom, fmt="{:.1f}x")
+        Row(
+            "direct / gw rps (loader and upstream share a core)",
+            None,
+            None,
+            headroom,
+            fmt="{:.1f}x",
+        )
     )
     if "loader_alone" in thr:
         alone = thr["loader_alone"]["rps_median"]
         rows.append(
-            Row("wrk's own rate (upstream moved off its core)", alone, None, None, fmt="{:.0f}")
+            Row("loader's own rate (upstream moved off its core)", alone, None, None, fmt="{:.0f}")
         )
         headroom = alone / rps[2] if rps[2] else math.nan
         rows.append(
             Row(
-                "loader headroom: wrk's own rate / gw rps",
+                "loader headroom: loader's own rate / gw rps",
                 None,
                 None,
                 headroom,
@@ -1346,7 +1353,7 @@ def build_rows(res: dict, s: Settings) -> list[Row]:
     if all("load_core_busy_median" in thr[k] for k in k3):
         rows.append(
             Row(
-                "load core busy during c=64 runs (wrk + upstream)",
+                "load core busy during c=64 runs (loader + upstream)",
                 *(f"{100 * thr[k]['load_core_busy_median']:.0f}%" for k in k3),
                 ratios=False,
             )
