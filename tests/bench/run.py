@@ -762,25 +762,44 @@ def phase_throughput(
     return out
 
 
-def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict:
-    """`serve --workers 1` vs `--workers 2` at c=64, nothing pinned, runs interleaved.
+def workers_placement(cpus: list[int]) -> tuple[list[int], list[int]]:
+    """(CPUs for the gateway, CPUs for the upstream and load) in the workers phase.
 
-    Two workers need both cores, so here the gateway shares them with its own
-    upstream and the load generator, all free to run on every CPU (the bench
-    itself is pinned to the load core, and children would inherit that).
+    With three CPUs or more the two workers get two of them and the load the
+    rest, so the scaling is the gateway's own. With two, everything shares
+    both: two workers need both cores, so the load cannot be kept off them.
+    """
+    if len(cpus) >= 3:
+        return cpus[:2], cpus[2:]
+    return cpus, cpus
+
+
+def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None, cpus: list[int]) -> dict:
+    """`serve --workers 1` vs `--workers 2` at c=64, runs interleaved.
+
+    Placement: see `workers_placement` (on this project's 2-core machines the
+    gateway shares both cores with its upstream and the load generator).
     Both gateways run side by side and their load runs alternate, so drift on
     a shared machine hits both alike; the scaling is the median of the
     per-round ratios. Each run also records where the machine's CPU went
-    (gateway processes, upstream, wrk, kernel softirq): on two cores the load
-    and upstream take a share that one worker leaves free, which bounds the
+    (gateway processes, upstream, wrk): when the load shares the gateway's
+    cores it takes a share that one worker leaves free, which bounds the
     ratio below 2x whatever the gateway does.
     """
-    every_cpu = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
-    unpin = ["taskset", "-c", ",".join(map(str, every_cpu))] if shutil.which("taskset") else []
+    gw_cpus, load_cpus = workers_placement(cpus)
+    taskset = shutil.which("taskset")
+
+    def on(cpu_list: list[int]) -> list[str]:
+        return ["taskset", "-c", ",".join(map(str, cpu_list))] if taskset else []
+
+    load_on, gw_on = on(load_cpus), on(gw_cpus)
+    # The bench itself is the load when wrk is missing; it sits on the load core(s).
+    bench_affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(load_cpus))
     up_port = free_port()
     upstream = procs.spawn(
         "upstream-workers",
-        [*unpin, sys.executable, str(HERE / "upstream.py"), "--port", str(up_port),
+        [*load_on, sys.executable, str(HERE / "upstream.py"), "--port", str(up_port),
          "--chunks", str(CHUNKS), "--interval", str(INTERVAL)],
         up_port,
         None,
@@ -801,7 +820,7 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict
     gateways: dict[int, Child] = {}
     for n in (1, 2):
         port = free_port()
-        argv = [*unpin, sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+        argv = [*gw_on, sys.executable, "-m", "gateway", "serve", "--config", str(config)]
         argv += ["--listen", f"{HOST}:{port}", "--shutdown-grace", "1", "--workers", str(n)]
         gateways[n] = procs.spawn(
             f"gateway-workers{n}", argv, port, None, env={UPSTREAM_KEY_ENV: "sk-bench-upstream"}
@@ -817,7 +836,7 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict
             gw_pids = process_tree(gateways[n].pid)
             before = (cpu_seconds(gw_pids), cpu_seconds([upstream.pid]), machine_cpu())
             wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            result = run_wrk(wrk, unpin, script, port, seconds, 64)
+            result = run_wrk(wrk, load_on, script, port, seconds, 64)
             wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             after = (cpu_seconds(gw_pids), cpu_seconds([upstream.pid]), machine_cpu())
             result["cpu_s"] = {
@@ -827,7 +846,7 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict
                 - (wrk_before.ru_utime + wrk_before.ru_stime),
                 "softirq": after[2]["softirq"] - before[2]["softirq"],
                 "machine_busy": after[2]["busy"] - before[2]["busy"],
-                "machine_total": seconds * len(every_cpu),
+                "machine_total": seconds * len(cpus),
             }
             result["workers"] = len(gw_pids) - (n > 1)
             return result
@@ -842,6 +861,7 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict
         for child in gateways.values():
             procs.stop(child)
         procs.stop(upstream)
+        os.sched_setaffinity(0, bench_affinity)
     out: dict = {}
     for n in (1, 2):
         rs = runs[n]
@@ -858,6 +878,11 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict
             out[n]["gateway_cpu_us_per_request"] = statistics.median(
                 x["cpu_s"]["gateway"] / x["requests"] * 1e6 for x in rs if x["requests"]
             )
+    out["placement"] = (
+        f"gateway on CPUs {','.join(map(str, gw_cpus))}, load on {','.join(map(str, load_cpus))}"
+        if gw_cpus != load_cpus
+        else f"all on CPUs {','.join(map(str, cpus))} (shared)"
+    )
     ratios = [b["rps"] / a["rps"] for a, b in zip(runs[1], runs[2], strict=True)]
     out["round_ratios"] = ratios
     out["scaling"] = statistics.median(ratios)
@@ -866,10 +891,11 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict
 
 def workers_rows(w: dict) -> list[Row]:
     rows = [
-        Row("requests/s c=64, 1 worker, unpinned", None, None, w[1]["rps_median"], fmt="{:.0f}"),
-        Row("requests/s c=64, --workers 2, unpinned", None, None, w[2]["rps_median"], fmt="{:.0f}"),
+        Row("--workers phase: placement", None, None, w["placement"], ratios=False),
+        Row("requests/s c=64, 1 worker", None, None, w[1]["rps_median"], fmt="{:.0f}"),
+        Row("requests/s c=64, --workers 2", None, None, w[2]["rps_median"], fmt="{:.0f}"),
         Row(
-            "--workers 2 / 1 worker (2 cores, median of rounds)",
+            "--workers 2 / 1 worker (median of rounds)",
             None,
             None,
             f"{w['scaling']:.2f}x",
@@ -1515,6 +1541,31 @@ def jsonable(obj: object) -> object:
     return obj
 
 
+def report(rows: list[Row], results: dict, json_path: str | None, table_printed=False) -> None:
+    """The table (unless printed already), the PASS/FAIL count and the JSON."""
+    results["table"] = [
+        {
+            "figure": r.figure,
+            "direct": r.direct,
+            "fwd": r.fwd,
+            "gw": r.gw,
+            "target": r.target,
+            "pass": r.passed,
+        }
+        for r in rows
+    ]
+    if not table_printed:
+        say("")
+        say(render(rows))
+        say("")
+    judged = [r for r in rows if r.passed is not None]
+    failed = [r.figure for r in judged if not r.passed]
+    say(f"targets: {len(judged) - len(failed)} PASS, {len(failed)} FAIL")
+    if json_path:
+        Path(json_path).write_text(json.dumps(jsonable(results), indent=2) + "\n")
+        say(f"raw figures written to {json_path}")
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Gateway performance bench (tests/bench).")
     parser.add_argument("--quick", action="store_true", help="short run for development")
@@ -1523,12 +1574,16 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument(
         "--profile", metavar="DIR", help="also py-spy the gateway under load into DIR"
     )
+    parser.add_argument(
+        "--workers-only", action="store_true", help="only the --workers 1 vs 2 phase"
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     s = Settings.make(args.quick, args.repeat)
 
     # SIGTERM becomes an exception so that `finally` stops the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     fds = raise_fd_limit()
+    cpus = sorted(os.sched_getaffinity(0))  # before the bench pins itself
     pin = choose_pinning()
     wrk = shutil.which("wrk")
     info = machine_info(pin, wrk)
@@ -1564,6 +1619,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     procs = Procs(tmp, pin)
     gc.disable()  # collections in the loader would show up as latency
     try:
+        if args.workers_only:
+            say(
+                f"--workers 1 vs 2 at c=64, interleaved ({s.workers_rounds} x {s.wrk_seconds}s each)"
+            )
+            results["workers"] = phase_workers(procs, tmp, s, wrk, cpus)
+            report(workers_rows(results["workers"]), results, args.json)
+            return 0
         say(f"[1/6] start-up and idle RSS ({s.startup_runs} start(s) each)")
         startup = {}
         up_child, startup["direct"] = start_and_measure("direct", procs, tmp, None, s.startup_runs)
@@ -1601,27 +1663,16 @@ def main(argv: Iterable[str] | None = None) -> int:
         results["many_streams"] = many
 
         say(
-            f"[6/6] --workers 1 vs 2 at c=64, nothing pinned, interleaved "
+            f"[6/6] --workers 1 vs 2 at c=64, interleaved "
             f"({s.workers_rounds} x {s.wrk_seconds}s each)"
         )
-        results["workers"] = phase_workers(procs, tmp, s, wrk)
+        results["workers"] = phase_workers(procs, tmp, s, wrk, cpus)
         say("done measuring")
         for t in targets:
             if t.child.popen.poll() is not None:
                 raise RuntimeError(f"{t.child.name} died during the bench:\n{t.child.log_tail()}")
 
         rows = build_rows(results, s) + workers_rows(results["workers"])
-        results["table"] = [
-            {
-                "figure": r.figure,
-                "direct": r.direct,
-                "fwd": r.fwd,
-                "gw": r.gw,
-                "target": r.target,
-                "pass": r.passed,
-            }
-            for r in rows
-        ]
         say("")
         say(render(rows))
         say("")
@@ -1651,14 +1702,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                 else ""
             )
         )
-        judged = [r for r in rows if r.passed is not None]
-        failed = [r.figure for r in judged if not r.passed]
-        say(f"targets: {len(judged) - len(failed)} PASS, {len(failed)} FAIL")
         if args.profile:
             results["profile"] = profile(targets[2], procs, tmp, wrk, Path(args.profile))
-        if args.json:
-            Path(args.json).write_text(json.dumps(jsonable(results), indent=2) + "\n")
-            say(f"raw figures written to {args.json}")
+        report(rows, results, args.json, table_printed=True)
         return 0
     finally:
         procs.stop_all()
