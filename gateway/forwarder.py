@@ -263,6 +263,19 @@ async def forward(
         resp = exc.response()
         resp.headers["X-Request-Id"] = rid
         outcome.status = exc.status
+    except Exception as exc:
+        # A bug of the gateway's own. Before the answer started (no status
+        # yet) the client still gets an OpenAI-shaped 500 with the request id
+        # to quote; after it, or for a connection error, aiohttp cuts the
+        # connection as before.
+        if outcome.status or isinstance(exc, OSError):
+            raise
+        log.exception("request %s: internal error", rid)
+        resp = GatewayError(
+            500, f"Internal error in the gateway (request id {rid})", "internal_error"
+        ).response()
+        resp.headers["X-Request-Id"] = rid
+        outcome.status = 500
     duration = perf_counter() - t0
     metrics.request_done(
         outcome.provider, outcome.model, outcome.status, duration, outcome.ttfb, outcome.bytes

@@ -10,6 +10,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway import forwarder
+
 CHAT = {"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -279,3 +281,32 @@ async def test_oversize_headers_are_rejected_and_gateway_stays_up(
         async with s.post(f"{gw.base_url}/chat/completions", json=CHAT) as r:
             assert r.status == 200
     assert len(upstream.requests) == 1
+
+
+async def test_a_gateway_bug_is_an_openai_shaped_500_with_the_request_id(
+    gateway, upstream, monkeypatch, caplog
+):
+    """An unexpected exception before the answer starts: the client gets the
+    OpenAI shape (not aiohttp's plain text), a request id to quote, and the
+    log has the traceback under that id. The next request is served."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(forwarder, "rewrite_model", broken)
+    with caplog.at_level("ERROR", logger="gateway.forwarder"):
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{gateway.base_url}/chat/completions", json=CHAT) as r,
+        ):
+            assert r.status == 500
+            rid = r.headers["X-Request-Id"]
+            err = error_of(await r.read())
+    assert err["code"] == "internal_error"
+    assert rid in err["message"]
+    assert "simulated bug" not in err["message"]  # details stay in the log
+    [record] = [r for r in caplog.records if rid in r.getMessage()]
+    assert record.exc_info is not None
+    monkeypatch.undo()
+    status, _ = await post(f"{gateway.base_url}/chat/completions", CHAT)
+    assert status == 200
