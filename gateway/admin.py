@@ -78,6 +78,7 @@ def masked(provider: ProviderConfig) -> dict:
         "timeouts": {"connect": t.connect, "first_byte": t.first_byte, "idle": t.idle},
         "max_connections": provider.max_connections,
         "ca_file": provider.ca_file,
+        "proxy": provider.proxy,
         "source": provider.source,
     }
 

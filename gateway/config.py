@@ -116,6 +116,7 @@ class ProviderConfig:
     # a changed bundle makes a new runtime, and nothing re-reads the file).
     ca_file: str | None = None
     ca_pem: str | None = field(default=None, repr=False)
+    proxy: str | None = None  # http://host:port of an outbound HTTP proxy
     source: str = "config"  # "config" (main file) or "store" (an include fragment)
     file: str = ""
 
@@ -209,6 +210,7 @@ PROVIDER_FIELDS = (
     "timeouts",
     "max_connections",
     "ca_file",
+    "proxy",
 )
 PROVIDER_KEYS = frozenset(PROVIDER_FIELDS)
 
@@ -376,6 +378,10 @@ class _Parser:
         if ca_file is not None:
             ca_pem = self.ca_bundle(ca_file, file, pname, base_url)
 
+        proxy = None
+        if raw.get("proxy") is not None:
+            proxy = self.proxy_url(raw["proxy"], file, pname)
+
         if len(self.problems) > before:
             return None
         return ProviderConfig(
@@ -389,6 +395,7 @@ class _Parser:
             max_connections=max_conn,
             ca_file=ca_file,
             ca_pem=ca_pem,
+            proxy=proxy,
             source=source,
             file=str(file),
         )
@@ -418,6 +425,25 @@ class _Parser:
             self.problem(file, f"{path} holds no usable PEM CA certificate", pname, "ca_file")
             return None
         return pem
+
+    def proxy_url(self, value, file: Path, pname: str) -> str | None:
+        """`http://host:port` of an outbound proxy, normalised; None if unusable."""
+        example = "must be http://HOST:PORT of an HTTP proxy, e.g. http://10.0.0.1:3128"
+        try:
+            url = URL(value) if isinstance(value, str) else None
+        except ValueError:
+            url = None
+        if url is None or url.scheme != "http" or not url.host:
+            self.problem(file, example, pname, "proxy")
+            return None
+        if url.user or url.password:
+            self.problem(file, "proxy credentials are not supported", pname, "proxy")
+            return None
+        if url.path not in ("", "/") or url.query_string or url.fragment:
+            self.problem(file, example, pname, "proxy")
+            return None
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        return f"http://{host}:{url.port}"
 
     def base_url(self, value, file, pname) -> str | None:
         if not isinstance(value, str) or not value:

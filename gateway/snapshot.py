@@ -83,6 +83,9 @@ class ProviderRuntime:
         if url.explicit_port:
             host = f"{host}:{url.port}"
         base_path = url.raw_path.rstrip("/")
+        if config.proxy and url.scheme == "http":
+            # Through a proxy, plain-HTTP requests name the whole URL.
+            base_path = f"http://{host}{base_path}"
         self.request_lines = {
             ep: f"POST {base_path}/{ep} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
             for ep in ENDPOINTS
@@ -122,9 +125,11 @@ class ProviderRuntime:
                 keepalive_timeout=30,
             )
             s = self._session = aiohttp.ClientSession(
+                proxy=self.config.proxy,
                 connector=connector,
                 # The gateway forwards bytes verbatim: never decompress, never
-                # keep cookies between clients, never read proxy settings.
+                # keep cookies between clients, never read proxy settings from the
+                # environment (a provider's `proxy` is explicit).
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
@@ -159,6 +164,7 @@ class ProviderRuntime:
                 tls=self.tls_context(),
                 limit=self.config.max_connections,
                 connect_timeout=self.config.timeouts.connect,
+                proxy=_host_port(self.config.proxy) if self.config.proxy else None,
             )
         return p
 
@@ -279,6 +285,11 @@ def build_snapshot(
         loaded_at=time.time(),
         seal=resolver.seal,
     )
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    u = URL(url)
+    return u.host or "", u.port or 80
 
 
 class SnapshotHolder:

@@ -442,6 +442,34 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class _TunnelHandshake(asyncio.Protocol):
+    """Reads an HTTP proxy's answer to CONNECT; `answer` is its status line."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.answer: asyncio.Future[str] = loop.create_future()
+        self._buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            return
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end >= 0 and end + 4 < len(self._buf):
+            # Bytes after the answer: nothing may come before our TLS hello.
+            self._fail("the proxy sent data before the tunnel was in use")
+        elif end >= 0:
+            self.answer.set_result(self._buf[: self._buf.find(b"\r\n")].decode("latin-1"))
+        elif len(self._buf) > _HEAD_LIMIT:
+            self._fail("the proxy's answer to CONNECT is too long")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("the proxy closed the connection before answering CONNECT")
+
+    def _fail(self, message: str) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(UpstreamError("connect", message))
+
+
 class Pool:
     """Keep-alive connections to one upstream host, at most `limit` at once."""
 
@@ -453,10 +481,15 @@ class Pool:
         limit: int,
         connect_timeout: float,
         keepalive: float = 30.0,
+        proxy: tuple[str, int] | None = None,
     ):
         self.loop = asyncio.get_running_loop()
         self.host = host
         self.port = port
+        # An outbound HTTP proxy (host, port): https upstreams are reached
+        # through a CONNECT tunnel (TLS end to end inside it); http ones by
+        # sending absolute-form requests to the proxy (see ProviderRuntime).
+        self.proxy = proxy
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
@@ -502,6 +535,8 @@ class Pool:
             raise UpstreamError("other", "the provider's pool is closed (config changed)")
         try:
             async with asyncio.timeout(self.connect_timeout):
+                if self.proxy is not None:
+                    return await self._connect_via_proxy(*self.proxy)
                 _, conn = await self.loop.create_connection(
                     lambda: Connection(self),
                     self.host,
@@ -516,6 +551,37 @@ class Pool:
         except OSError as exc:
             raise UpstreamError("connect", exc.strerror or str(exc)) from None
         return conn
+
+    async def _connect_via_proxy(self, proxy_host: str, proxy_port: int) -> Connection:
+        if self.ssl is None:  # http: the proxy itself takes absolute-form requests
+            _, conn = await self.loop.create_connection(
+                lambda: Connection(self), proxy_host, proxy_port
+            )
+            return conn
+        transport, handshake = await self.loop.create_connection(
+            lambda: _TunnelHandshake(self.loop), proxy_host, proxy_port
+        )
+        try:
+            target = (
+                f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+            )
+            transport.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            status_line = await handshake.answer
+            parts = status_line.split(None, 2)
+            if len(parts) < 2 or parts[1] != "200":
+                raise UpstreamError(
+                    "connect",
+                    f"the proxy {proxy_host}:{proxy_port} refused a tunnel to {target}: "
+                    f"{status_line[:200]!r}",
+                )
+            conn = Connection(self)
+            tls = await self.loop.start_tls(transport, conn, self.ssl, server_hostname=self.host)
+            conn.connection_made(tls)
+            return conn
+        except BaseException:
+            handshake.answer.cancel()  # nobody will read it: no "never retrieved" warning
+            transport.abort()
+            raise
 
     def release(self, conn: Connection, reuse: bool) -> None:
         """Give a connection back: kept for the next request if it can be reused."""

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from gateway.reload import Reloader, load_snapshot
 from gateway.server import start_gateway
@@ -232,3 +233,76 @@ def self_signed(tmp_path: Path) -> tuple[str, str]:
         )
     )
     return str(cert_path), str(key_path)
+
+
+class ForwardProxy:
+    """A small outbound HTTP proxy on 127.0.0.1, as corporate egress runs:
+    CONNECT tunnels (for https upstreams) and absolute-form requests (for
+    http ones), one upstream connection per client connection, bytes piped
+    both ways. Records each request line, and every byte it relayed."""
+
+    def __init__(self) -> None:
+        self.request_lines: list[str] = []
+        self.relayed = bytearray()
+        self.refuse_connect = False  # answer CONNECT with 403
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> ForwardProxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            self.request_lines.append(line)
+            method, target, _ = line.split(" ", 2)
+            if method == "CONNECT":
+                if self.refuse_connect:
+                    writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+                    return
+                host, _, port = target.rpartition(":")
+                up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                first = b""
+            else:  # absolute-form: forward the head with an origin-form request line
+                url = URL(target)
+                up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
+                rest = head.split(b"\r\n", 1)[1]
+                first = f"{method} {url.raw_path_qs} HTTP/1.1\r\n".encode() + rest
+            up_writer.write(first)
+            self.relayed += first
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                self.relayed += data
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()

@@ -280,8 +280,9 @@ function readForm() {
     if (editing.max_connections !== DEFAULT_MAX_CONNECTIONS) {
       body.max_connections = editing.max_connections;
     }
-    // Set in YAML or through the API; the form has no field for it.
+    // Set in YAML or through the API; the form has no fields for them.
     if (editing.ca_file) body.ca_file = editing.ca_file;
+    if (editing.proxy) body.proxy = editing.proxy;
   }
   return { body, errors };
 }

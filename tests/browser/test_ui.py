@@ -254,11 +254,14 @@ async def test_masked_header_must_be_typed_again(page, ui_gateway_factory, ui_up
     assert saved["timeouts"]["connect"] == 3
 
 
-async def test_ca_file_survives_a_ui_edit(page, ui_gateway_factory, tmp_path):
-    """The form has no CA field; an edit must send the stored one back (PUT
-    replaces the record) rather than drop it."""
+async def test_fields_the_form_lacks_survive_a_ui_edit(page, ui_gateway_factory, tmp_path):
+    """The form has no CA or proxy field; an edit must send the stored ones
+    back (PUT replaces the record) rather than drop them."""
     cert, _ = self_signed(tmp_path / "ca")
-    fragment = f"name: lab\nbase_url: https://lab.invalid/v1\nca_file: {cert}\n"
+    fragment = (
+        f"name: lab\nbase_url: https://lab.invalid/v1\nca_file: {cert}\n"
+        "proxy: http://127.0.0.1:3128\n"
+    )
     gw = await ui_gateway_factory(stored={"lab": fragment})
     path = gw.config_path.parent / "providers.d" / "lab.yaml"
     await open_ui(page, gw)
@@ -270,6 +273,7 @@ async def test_ca_file_survives_a_ui_edit(page, ui_gateway_factory, tmp_path):
     saved = yaml.safe_load(path.read_text())
     assert saved["models"] == ["m1"]
     assert saved["ca_file"] == cert
+    assert saved["proxy"] == "http://127.0.0.1:3128"
 
 
 async def test_read_only_gateway(page, ui_gateway_factory, ui_upstream, shots_dir):

@@ -153,6 +153,7 @@ async def test_full_lifecycle(admin_env, upstream):
         ({"timeouts": {"connect": -1}}, "timeouts.connect"),
         ({"api_key": ""}, "api_key"),
         ({"ca_file": "/nonexistent/ca.pem"}, "ca_file"),  # and http:// anyway
+        ({"proxy": "socks5://10.0.0.1:1080"}, "proxy"),
         ({"colour": "blue"}, "colour"),
     ],
 )

@@ -16,6 +16,8 @@ from gateway.config import (
 )
 from tests.support import self_signed
 
+UP = "http://127.0.0.1:9/v1"
+
 
 def write(tmp_path: Path, text: str, fragments: dict[str, str] | None = None) -> Path:
     path = tmp_path / "gateway.yaml"
@@ -301,3 +303,35 @@ def test_ca_file_problems_name_the_field(tmp_path, base_url, ca_file, content, m
     [(file, provider, field, text)] = problems(path)
     assert (file, provider, field) == ("gateway.yaml", "lab", "ca_file")
     assert message in text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://10.0.0.1:3128", "http://10.0.0.1:3128"),
+        ("http://proxy.internal", "http://proxy.internal:80"),
+        ("http://[::1]:8080/", "http://[::1]:8080"),
+    ],
+)
+def test_proxy_is_normalised(tmp_path, value, expected):
+    path = write(tmp_path, f"providers:\n  - name: up\n    base_url: {UP}\n    proxy: '{value}'\n")
+    assert load_config(path).provider("up").proxy == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("https://proxy:3128", "must be http://HOST:PORT"),
+        ("socks5://proxy:1080", "must be http://HOST:PORT"),
+        ("proxy:3128", "must be http://HOST:PORT"),
+        ("http://proxy:3128/path", "must be http://HOST:PORT"),
+        ("http://user:secret@proxy:3128", "credentials are not supported"),
+        ("42", "must be http://HOST:PORT"),
+    ],
+)
+def test_proxy_problems_name_the_field(tmp_path, value, message):
+    path = write(tmp_path, f"providers:\n  - name: up\n    base_url: {UP}\n    proxy: '{value}'\n")
+    [(file, provider, field, text)] = problems(path)
+    assert (file, provider, field) == ("gateway.yaml", "up", "proxy")
+    assert message in text
+    assert "secret" not in text  # the message never repeats what was written
