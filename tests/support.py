@@ -306,3 +306,12 @@ class ForwardProxy:
             pass
         finally:
             writer.close()
+
+
+async def stream_chat(session, gw: GatewayUnderTest, model: str) -> bytes:
+    """POST a streamed chat completion for `model` through `gw`; the body, after a 200."""
+    async with session.post(
+        f"{gw.base_url}/chat/completions", json={"model": model, "stream": True}
+    ) as r:
+        assert r.status == 200, await r.text()
+        return await r.read()

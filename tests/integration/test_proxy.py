@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.support import ForwardProxy, split_awkwardly
+from tests.support import ForwardProxy, split_awkwardly, stream_chat
 
 CHAT = {"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-behind-the-proxy-0001"
@@ -70,11 +70,7 @@ async def test_https_upstream_through_a_connect_tunnel(gateway_factory, tls_upst
     )
     async with aiohttp.ClientSession() as s:
         for _ in range(2):  # the second one reuses the tunnel
-            async with s.post(
-                f"{gw.base_url}/chat/completions", json={"model": "lab/m", "stream": True}
-            ) as r:
-                assert r.status == 200
-                assert (await r.read()).endswith(b"data: [DONE]\n\n")
+            assert (await stream_chat(s, gw, "lab/m")).endswith(b"data: [DONE]\n\n")
         async with s.get(f"{gw.base_url}/models") as r:
             assert [m["id"] for m in (await r.json())["data"]] == ["lab/tls-model"]
     assert proxy.request_lines == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"] * 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
+from tests.support import stream_chat
+
 
 async def test_https_upstream_verified_and_streamed(tls_upstream, gateway_factory, monkeypatch):
     # The gateway trusts the system's CAs; SSL_CERT_FILE replaces that bundle
@@ -16,12 +18,7 @@ async def test_https_upstream_verified_and_streamed(tls_upstream, gateway_factor
     )
     async with aiohttp.ClientSession() as s:
         for _ in range(2):  # the second request reuses the TLS connection
-            async with s.post(
-                f"{gw.base_url}/chat/completions", json={"model": "tls/m", "stream": True}
-            ) as r:
-                assert r.status == 200
-                body = await r.read()
-            assert body == (
+            assert await stream_chat(s, gw, "tls/m") == (
                 b'data: {"content":"secure"}\n\ndata: {"content":" hello"}\n\ndata: [DONE]\n\n'
             )
     assert seen == [("Bearer tls-upstream-key", {"model": "m", "stream": True})] * 2
@@ -58,11 +55,7 @@ async def test_provider_ca_file_trusts_an_internal_ca_for_that_provider_only(
         f"    api_key: other-key\n"
     )
     async with aiohttp.ClientSession() as s:
-        async with s.post(
-            f"{gw.base_url}/chat/completions", json={"model": "lab/m", "stream": True}
-        ) as r:
-            assert r.status == 200
-            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+        assert (await stream_chat(s, gw, "lab/m")).endswith(b"data: [DONE]\n\n")
         # The models listing goes through the other client (aiohttp's).
         async with s.get(f"{gw.base_url}/models") as r:
             ids = [m["id"] for m in (await r.json())["data"]]
