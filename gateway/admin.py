@@ -31,6 +31,8 @@ from .snapshot import ProviderRuntime, Snapshot
 MASK = "***"
 _SECRETISH_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.I)
 WRITABLE_FIELDS = frozenset(store.FIELD_ORDER)
+# Stored sealed, shown as "***"; sending "***" back (or leaving it out) keeps them.
+SECRET_FIELDS = ("api_key", "proxy_auth")
 
 
 class AdminState:
@@ -79,6 +81,7 @@ def masked(provider: ProviderConfig) -> dict:
         "max_connections": provider.max_connections,
         "ca_file": provider.ca_file,
         "proxy": provider.proxy,
+        "proxy_auth": MASK if provider.proxy_auth is not None else None,
         "source": provider.source,
     }
 
@@ -140,19 +143,23 @@ def _validate(record: dict, path: Path) -> None:
 
 
 def _seal_key(record: dict, sealer: Callable[[str, str], str] | None) -> None:
-    """Replace a plain-text api_key with its sealed form (scope = provider name)."""
-    key = record.get("api_key")
-    if key is None or not isinstance(key, str) or key.startswith(("sealed:", "env:")):
-        return
-    if sealer is None:
-        raise _error(
-            409,
-            "Cannot store an API key: the gateway has no seal key (seal_key_file) to seal it "
-            "with; use an env:NAME reference or configure a key",
-            "no_seal_key",
-            "api_key",
-        )
-    record["api_key"] = sealer(key, record["name"])
+    """Replace plain-text secrets (api_key, proxy_auth) with their sealed form
+    (scope = provider name)."""
+    for field in SECRET_FIELDS:
+        key = record.get(field)
+        if key is None or not isinstance(key, str) or key.startswith(("sealed:", "env:")):
+            continue
+        if field == "proxy_auth" and ":" not in key:
+            raise _error(422, "must be USER:PASSWORD", "invalid_field", field)
+        if sealer is None:
+            raise _error(
+                409,
+                f"Cannot store {field}: the gateway has no seal key (seal_key_file) to seal "
+                "it with; use an env:NAME reference or configure a key",
+                "no_seal_key",
+                field,
+            )
+        record[field] = sealer(key, record["name"])
 
 
 async def _commit(request: web.Request, path: Path, text: str | None) -> Snapshot:
@@ -232,7 +239,8 @@ async def replace_provider(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _body(request)
     # `"api_key": null` removes the stored key; absent or "***" keeps it.
-    remove_key = "api_key" in body and body["api_key"] is None
+    # The same for proxy_auth.
+    removed = {f for f in SECRET_FIELDS if f in body and body[f] is None}
     record = {k: v for k, v in body.items() if v is not None}
     if record.setdefault("name", name) != name:
         raise _error(422, "The name in the body must match the URL", "invalid_field", "name")
@@ -242,13 +250,14 @@ async def replace_provider(request: web.Request) -> web.Response:
         include = _check_writable(snapshot)
         path = Path(existing.file)
         stored = store.read_raw(path)
-        if remove_key:
-            record.pop("api_key", None)
-        elif record.get("api_key") in (None, MASK):
-            # Keep the stored key: exactly the text on disk (sealed or env:).
-            record.pop("api_key", None)
-            if stored.get("api_key") is not None:
-                record["api_key"] = stored["api_key"]
+        for field in SECRET_FIELDS:
+            if field in removed:
+                record.pop(field, None)
+            elif record.get(field) in (None, MASK):
+                # Keep the stored value: exactly the text on disk (sealed or env:).
+                record.pop(field, None)
+                if stored.get(field) is not None:
+                    record[field] = stored[field]
         headers = record.get("headers")
         if isinstance(headers, dict):
             # A masked value sent back means "unchanged", as for api_key.
@@ -329,6 +338,7 @@ async def verify_provider(request: web.Request) -> web.Response:
             data=orjson.dumps(payload),
             headers={**headers, "Content-Type": "application/json"},
             allow_redirects=False,
+            proxy_headers=runtime.proxy_headers(),
             timeout=timeout,
         ) as resp:
             text = (await resp.read())[:500].decode("utf-8", "replace")

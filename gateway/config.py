@@ -117,6 +117,7 @@ class ProviderConfig:
     ca_file: str | None = None
     ca_pem: str | None = field(default=None, repr=False)
     proxy: str | None = None  # http://host:port of an outbound HTTP proxy
+    proxy_auth: SecretRef | None = None  # its USER:PASSWORD (Basic), a secret
     source: str = "config"  # "config" (main file) or "store" (an include fragment)
     file: str = ""
 
@@ -211,6 +212,7 @@ PROVIDER_FIELDS = (
     "max_connections",
     "ca_file",
     "proxy",
+    "proxy_auth",
 )
 PROVIDER_KEYS = frozenset(PROVIDER_FIELDS)
 
@@ -381,6 +383,13 @@ class _Parser:
         proxy = None
         if raw.get("proxy") is not None:
             proxy = self.proxy_url(raw["proxy"], file, pname)
+        proxy_auth = None
+        if raw.get("proxy_auth") is not None:
+            if raw.get("proxy") is None:
+                self.problem(file, "set only with proxy", pname, "proxy_auth")
+            proxy_auth = self.secret(
+                raw["proxy_auth"], file=file, field="proxy_auth", scope=pname, provider=pname
+            )
 
         if len(self.problems) > before:
             return None
@@ -396,6 +405,7 @@ class _Parser:
             ca_file=ca_file,
             ca_pem=ca_pem,
             proxy=proxy,
+            proxy_auth=proxy_auth,
             source=source,
             file=str(file),
         )

@@ -50,6 +50,7 @@ async def fetch_upstream_models(runtime: ProviderRuntime, timeout: float) -> lis
             url,
             headers=headers,
             allow_redirects=False,
+            proxy_headers=runtime.proxy_headers(),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             body = await resp.read()

@@ -119,8 +119,10 @@ class SecretResolver:
 
 
 def config_secret_refs(config: GatewayConfig) -> list[SecretRef]:
-    """Every secret a config holds: provider keys, inbound API keys, the admin token."""
+    """Every secret a config holds: provider keys and proxy credentials, inbound
+    API keys, the admin token."""
     refs = [p.api_key for p in config.providers if p.api_key is not None]
+    refs += [p.proxy_auth for p in config.providers if p.proxy_auth is not None]
     if config.auth:
         refs.extend(config.auth.api_keys)
     if config.admin:

@@ -20,6 +20,7 @@ is left by then.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import ssl
 import time
@@ -32,8 +33,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from . import __version__
-from .config import ConfigError, GatewayConfig, ProviderConfig
-from .secrets import Secret, SecretResolver
+from .config import ConfigError, GatewayConfig, Problem, ProviderConfig
+from .secrets import Secret, SecretResolver, config_secret_refs
 from .upstream import Pool
 
 log = logging.getLogger("gateway.snapshot")
@@ -49,11 +50,14 @@ class ProviderRuntime:
         "_pool",
         "_session",
         "_tls",
+        "_tunnel_auth",
         "api_key",
         "base_url",
         "config",
         "model_cache",
         "name",
+        "proxy_auth",
+        "proxy_connect_headers",
         "refs",
         "request_lines",
         "timeout",
@@ -63,10 +67,13 @@ class ProviderRuntime:
         "urls",
     )
 
-    def __init__(self, config: ProviderConfig, api_key: Secret | None):
+    def __init__(
+        self, config: ProviderConfig, api_key: Secret | None, proxy_auth: Secret | None = None
+    ):
         self.config = config
         self.name = config.name
         self.api_key = api_key
+        self.proxy_auth = proxy_auth
         self.base_url = URL(config.base_url)
         # Appending with "/" keeps the base path (".../v1") and is done once.
         self.urls = {ep: URL(f"{config.base_url}/{ep}") for ep in ENDPOINTS}
@@ -74,7 +81,24 @@ class ProviderRuntime:
         headers = CIMultiDict(config.headers)
         if api_key is not None:
             headers["Authorization"] = f"Bearer {api_key.reveal()}"
+        # Basic credentials for the proxy. For an https upstream they go on
+        # the CONNECT that opens the tunnel (the hot path's pool; aiohttp's
+        # `proxy_headers`); for an http one, on every request, which the
+        # proxy strips, so they simply join the upstream headers.
+        https = self.base_url.scheme == "https"
+        proxy_credentials = None
+        if proxy_auth is not None:
+            basic = base64.b64encode(proxy_auth.reveal().encode()).decode()
+            proxy_credentials = f"Basic {basic}"
+            if not https:
+                headers["Proxy-Authorization"] = proxy_credentials
         self.upstream_headers = headers
+        self.proxy_connect_headers = (
+            f"Proxy-Authorization: {proxy_credentials}\r\n".encode()
+            if proxy_credentials and https
+            else b""
+        )
+        self._tunnel_auth = proxy_credentials if https else None
         # The hot path's request head pieces, encoded once per provider.
         url = self.base_url
         host = url.raw_host or ""
@@ -125,6 +149,7 @@ class ProviderRuntime:
                 keepalive_timeout=30,
             )
             s = self._session = aiohttp.ClientSession(
+                # Requests add `proxy_headers=runtime.proxy_headers()`.
                 proxy=self.config.proxy,
                 connector=connector,
                 # The gateway forwards bytes verbatim: never decompress, never
@@ -138,6 +163,11 @@ class ProviderRuntime:
                 skip_auto_headers=("Content-Type",),
             )
         return s
+
+    def proxy_headers(self) -> dict[str, str] | None:
+        """`proxy_headers` for a request through the session (a fresh dict:
+        aiohttp adds to the one it is given)."""
+        return {"Proxy-Authorization": self._tunnel_auth} if self._tunnel_auth else None
 
     def tls_context(self) -> ssl.SSLContext | None:
         """Verification against the system CAs, plus the provider's `ca_file`.
@@ -165,11 +195,16 @@ class ProviderRuntime:
                 limit=self.config.max_connections,
                 connect_timeout=self.config.timeouts.connect,
                 proxy=_host_port(self.config.proxy) if self.config.proxy else None,
+                proxy_headers=self.proxy_connect_headers,
             )
         return p
 
     def same_as(self, other: ProviderRuntime) -> bool:
-        return self.config == other.config and self.api_key == other.api_key
+        return (
+            self.config == other.config
+            and self.api_key == other.api_key
+            and self.proxy_auth == other.proxy_auth
+        )
 
     def retire(self) -> None:
         """No snapshot holds this runtime any more: close its pools.
@@ -252,19 +287,24 @@ def build_snapshot(
     previous: Snapshot | None = None,
 ) -> Snapshot:
     """Resolve every secret and build runtimes. Raises ConfigError listing all failures."""
-    refs = [p.api_key for p in config.providers if p.api_key is not None]
-    if config.auth:
-        refs.extend(config.auth.api_keys)
-    if config.admin:
-        refs.append(config.admin.token)
-    secrets, problems = resolver.resolve_all(refs)
+    secrets, problems = resolver.resolve_all(config_secret_refs(config))
+    for pc in config.providers:
+        auth = secrets.get(pc.proxy_auth) if pc.proxy_auth else None
+        if auth is not None and ":" not in auth.reveal():
+            problems.append(
+                Problem(pc.file, "must be USER:PASSWORD once unsealed", pc.name, "proxy_auth")
+            )
     if problems:
         raise ConfigError(problems)
 
     old = previous.providers if previous else {}
     providers: dict[str, ProviderRuntime] = {}
     for pc in config.providers:
-        runtime = ProviderRuntime(pc, secrets.get(pc.api_key) if pc.api_key else None)
+        runtime = ProviderRuntime(
+            pc,
+            secrets.get(pc.api_key) if pc.api_key else None,
+            secrets.get(pc.proxy_auth) if pc.proxy_auth else None,
+        )
         prior = old.get(pc.name)
         if prior is not None and prior.same_as(runtime):
             runtime = prior  # keep its pool and model cache

@@ -482,6 +482,7 @@ class Pool:
         connect_timeout: float,
         keepalive: float = 30.0,
         proxy: tuple[str, int] | None = None,
+        proxy_headers: bytes = b"",
     ):
         self.loop = asyncio.get_running_loop()
         self.host = host
@@ -490,6 +491,7 @@ class Pool:
         # through a CONNECT tunnel (TLS end to end inside it); http ones by
         # sending absolute-form requests to the proxy (see ProviderRuntime).
         self.proxy = proxy
+        self.proxy_headers = proxy_headers  # header lines for CONNECT (credentials)
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
@@ -565,7 +567,8 @@ class Pool:
             target = (
                 f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
             )
-            transport.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode()
+            transport.write(head + self.proxy_headers + b"\r\n")
             status_line = await handshake.answer
             parts = status_line.split(None, 2)
             if len(parts) < 2 or parts[1] != "200":

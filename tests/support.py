@@ -9,6 +9,7 @@ file in a temp dir exactly as `gateway serve` builds it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import random
@@ -245,6 +246,9 @@ class ForwardProxy:
         self.request_lines: list[str] = []
         self.relayed = bytearray()
         self.refuse_connect = False  # answer CONNECT with 403
+        # "user:password" to demand (407 without it), as Basic credentials.
+        self.credentials: str | None = None
+        self.authorized: list[bool] = []  # per request: did it carry them?
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -273,6 +277,19 @@ class ForwardProxy:
             line = head.split(b"\r\n", 1)[0].decode("latin-1")
             self.request_lines.append(line)
             method, target, _ = line.split(" ", 2)
+            fields = head.split(b"\r\n")[1:-2]
+            auth_lines = [f for f in fields if f.lower().startswith(b"proxy-authorization:")]
+            if self.credentials is not None:
+                wanted = b"basic " + base64.b64encode(self.credentials.encode())
+                ok = any(f.split(b":", 1)[1].strip().lower() == wanted.lower() for f in auth_lines)
+                self.authorized.append(ok)
+                if not ok:
+                    writer.write(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                        b'Proxy-Authenticate: Basic realm="test"\r\nContent-Length: 0\r\n\r\n'
+                    )
+                    await writer.drain()
+                    return
             if method == "CONNECT":
                 if self.refuse_connect:
                     writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
@@ -285,8 +302,9 @@ class ForwardProxy:
             else:  # absolute-form: forward the head with an origin-form request line
                 url = URL(target)
                 up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
-                rest = head.split(b"\r\n", 1)[1]
-                first = f"{method} {url.raw_path_qs} HTTP/1.1\r\n".encode() + rest
+                # As proxies do: the credentials were for this hop only.
+                kept = b"".join(f + b"\r\n" for f in fields if f not in auth_lines)
+                first = f"{method} {url.raw_path_qs} HTTP/1.1\r\n".encode() + kept + b"\r\n"
             up_writer.write(first)
             self.relayed += first
             await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))

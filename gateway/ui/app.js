@@ -280,7 +280,8 @@ function readForm() {
     if (editing.max_connections !== DEFAULT_MAX_CONNECTIONS) {
       body.max_connections = editing.max_connections;
     }
-    // Set in YAML or through the API; the form has no fields for them.
+    // Set in YAML or through the API; the form has no fields for them. (Secrets
+    // such as proxy_auth need nothing: the API keeps them when left out.)
     if (editing.ca_file) body.ca_file = editing.ca_file;
     if (editing.proxy) body.proxy = editing.proxy;
   }

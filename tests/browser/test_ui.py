@@ -254,13 +254,17 @@ async def test_masked_header_must_be_typed_again(page, ui_gateway_factory, ui_up
     assert saved["timeouts"]["connect"] == 3
 
 
-async def test_fields_the_form_lacks_survive_a_ui_edit(page, ui_gateway_factory, tmp_path):
-    """The form has no CA or proxy field; an edit must send the stored ones
-    back (PUT replaces the record) rather than drop them."""
+async def test_fields_the_form_lacks_survive_a_ui_edit(
+    page, ui_gateway_factory, tmp_path, monkeypatch
+):
+    """The form has no CA or proxy fields; an edit must send the stored ones
+    back (PUT replaces the record) rather than drop them; the API keeps a
+    secret (proxy_auth) that is left out."""
     cert, _ = self_signed(tmp_path / "ca")
+    monkeypatch.setenv("UI_TEST_PROXY_AUTH", "egress:ui-test")
     fragment = (
         f"name: lab\nbase_url: https://lab.invalid/v1\nca_file: {cert}\n"
-        "proxy: http://127.0.0.1:3128\n"
+        "proxy: http://127.0.0.1:3128\nproxy_auth: env:UI_TEST_PROXY_AUTH\n"
     )
     gw = await ui_gateway_factory(stored={"lab": fragment})
     path = gw.config_path.parent / "providers.d" / "lab.yaml"
@@ -274,6 +278,7 @@ async def test_fields_the_form_lacks_survive_a_ui_edit(page, ui_gateway_factory,
     assert saved["models"] == ["m1"]
     assert saved["ca_file"] == cert
     assert saved["proxy"] == "http://127.0.0.1:3128"
+    assert saved["proxy_auth"] == "env:UI_TEST_PROXY_AUTH"
 
 
 async def test_read_only_gateway(page, ui_gateway_factory, ui_upstream, shots_dir):

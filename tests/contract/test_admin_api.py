@@ -359,3 +359,25 @@ async def test_ca_file_is_stored_shown_and_kept_by_an_edit(admin_env, tmp_path):
     body["models"] = ["m1"]
     status, out = await call(s, "PUT", f"{gw.url}/admin/providers/lab", body)
     assert (status, out["ca_file"], out["models"]) == (200, cert, ["m1"])
+
+
+async def test_proxy_auth_is_sealed_masked_and_kept(admin_env, upstream):
+    """proxy_auth is a secret like api_key: sealed on write, "***" when shown,
+    kept when "***" comes back, and USER:PASSWORD is checked before sealing."""
+    gw, s, store = admin_env
+    body = new_provider(upstream, proxy="http://127.0.0.1:3128", proxy_auth="nouser")
+    status, out = await call(s, "POST", f"{gw.url}/admin/providers", body)
+    assert (status, out["error"]["field"]) == (422, "proxy_auth")
+    assert "nouser" not in out["error"]["message"]
+    body["proxy_auth"] = "egress:pass-9c1d"
+    status, out = await call(s, "POST", f"{gw.url}/admin/providers", body)
+    assert (status, out["proxy_auth"], out["proxy"]) == (201, "***", "http://127.0.0.1:3128")
+    stored = (store / "my-vllm.yaml").read_text()
+    assert "pass-9c1d" not in stored and "proxy_auth: sealed:v1:" in stored
+    sealed = stored.split("proxy_auth: ", 1)[1].split("\n", 1)[0]
+    edit = dict(body, proxy_auth="***", models=["m1"])  # what the UI sends back
+    status, out = await call(s, "PUT", f"{gw.url}/admin/providers/my-vllm", edit)
+    assert (status, out.get("proxy_auth")) == (200, "***"), out
+    assert sealed in (store / "my-vllm.yaml").read_text()
+    runtime = gw.holder.current.providers["my-vllm"]
+    assert runtime.proxy_auth.reveal() == "egress:pass-9c1d"

@@ -10,7 +10,9 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.support import ForwardProxy, split_awkwardly, stream_chat
+from gateway.config import ConfigError
+from gateway.reload import load_snapshot
+from tests.support import ForwardProxy, split_awkwardly, stream_chat, write_config
 
 CHAT = {"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-behind-the-proxy-0001"
@@ -107,3 +109,67 @@ async def test_an_unreachable_proxy_is_a_502(gateway_factory, upstream):
         assert r.status == 502
         assert orjson.loads(await r.read())["error"]["code"] == "upstream_unreachable"
     assert upstream.requests == []
+
+
+CREDENTIALS = "egress-user:proxy-pass-7f3a"
+
+
+async def test_proxy_credentials_https_tunnel_and_models(
+    gateway_factory, tls_upstream, proxy, monkeypatch, caplog
+):
+    """`proxy_auth` (a secret: here env:, sealed works the same) goes on
+    CONNECT for the hot path and on aiohttp's tunnel for the model list.
+    Without it the proxy's 407 is a 502 that names the proxy, and the
+    credentials never show in an answer or a log line."""
+    monkeypatch.setenv("EGRESS_AUTH", CREDENTIALS)
+    proxy.credentials = CREDENTIALS
+    base = (
+        f"providers:\n  - name: lab\n    base_url: https://127.0.0.1:{tls_upstream.port}/v1\n"
+        f"    api_key: {KEY}\n    ca_file: {tls_upstream.cert}\n    proxy: {proxy.url}\n"
+    )
+    gw = await gateway_factory(base + "    proxy_auth: env:EGRESS_AUTH\n")
+    no_auth = await gateway_factory(base, subdir="no-auth")
+    with caplog.at_level("DEBUG"):
+        async with aiohttp.ClientSession() as s:
+            assert (await stream_chat(s, gw, "lab/m")).endswith(b"data: [DONE]\n\n")
+            async with s.get(f"{gw.base_url}/models") as r:
+                assert [m["id"] for m in (await r.json())["data"]] == ["lab/tls-model"]
+            async with s.post(f"{no_auth.base_url}/chat/completions", json={"model": "lab/m"}) as r:
+                assert r.status == 502
+                error = orjson.loads(await r.read())["error"]
+    assert proxy.authorized == [True, True, False]
+    assert "407" in error["message"] and "proxy" in error["message"]
+    for text in (error["message"], caplog.text):
+        assert CREDENTIALS not in text and "proxy-pass" not in text
+
+
+async def test_proxy_credentials_http_upstream(gateway_factory, upstream, proxy, monkeypatch):
+    """For plain-HTTP upstreams the credentials ride on each request to the
+    proxy (which strips them), never reaching the upstream."""
+    monkeypatch.setenv("EGRESS_AUTH", CREDENTIALS)
+    proxy.credentials = CREDENTIALS
+    gw = await gateway_factory(
+        f"providers:\n  - name: up\n    base_url: {upstream.base_url}\n"
+        f"    proxy: {proxy.url}\n    proxy_auth: env:EGRESS_AUTH\n"
+    )
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{gw.base_url}/chat/completions", json=CHAT) as r:
+            assert r.status == 200
+        async with s.get(f"{gw.base_url}/models") as r:
+            assert r.status == 200
+    assert proxy.authorized == [True, True]
+    assert all("Proxy-Authorization" not in r.headers for r in upstream.requests)
+
+
+async def test_proxy_auth_must_be_user_colon_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("EGRESS_AUTH", "no-colon-here")
+    path = write_config(
+        tmp_path,
+        "providers:\n  - name: up\n    base_url: http://127.0.0.1:9/v1\n"
+        "    proxy: http://127.0.0.1:3128\n    proxy_auth: env:EGRESS_AUTH\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_snapshot(path)
+    [problem] = info.value.problems
+    assert (problem.provider, problem.field) == ("up", "proxy_auth")
+    assert "no-colon-here" not in str(problem)
