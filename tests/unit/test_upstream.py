@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -976,3 +977,42 @@ async def test_first_byte_timeout_counts_from_each_request_on_a_reused_connectio
     assert info.value.kind == "first_byte_timeout"
     assert 0.38 <= elapsed < 2.0  # from the second send, not the first
     assert server.accepted == 1  # it was the same, reused connection
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"", "closed the connection before answering CONNECT"),
+        (b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", "refused a tunnel"),
+        (b"HTTP/1.1 200 OK\r\n\r\nunexpected", "sent data before the tunnel was in use"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000, "answer to CONNECT is too long"),
+    ],
+)
+async def test_a_bad_proxy_answer_to_connect_is_a_connect_error(serve, answer, message):
+    """Through a proxy, an https pool opens a CONNECT tunnel first; whatever
+    goes wrong there is a `connect` error (failover still allowed), and the
+    request line names the target with the credentials given."""
+    seen: list[bytes] = []
+
+    async def proxy(peer: Peer) -> None:
+        seen.append(await peer.reader.readuntil(b"\r\n\r\n"))
+        await peer.send(answer)
+        peer.writer.close()
+
+    server = await serve(proxy)
+    pool = Pool(
+        "upstream.example", 443, tls=ssl.create_default_context(), limit=1,
+        connect_timeout=2.0, proxy=("127.0.0.1", server.port),
+        proxy_headers=b"Proxy-Authorization: Basic dTpw\r\n",
+    )  # fmt: skip
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await pool.acquire()
+        assert info.value.kind == "connect" and info.value.before_response
+        assert message in str(info.value)
+        assert seen == [
+            b"CONNECT upstream.example:443 HTTP/1.1\r\nHost: upstream.example:443\r\n"
+            b"Proxy-Authorization: Basic dTpw\r\n\r\n"
+        ]
+    finally:
+        pool.close()
