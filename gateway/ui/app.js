@@ -14,7 +14,7 @@ const MASK = "***";
 // so that saving from the page neither drops them nor pins the defaults.
 const DEFAULT_TIMEOUTS = { connect: 10, first_byte: 600, idle: 300 };
 const DEFAULT_MAX_CONNECTIONS = 100;
-const FORM_FIELDS = ["name", "provider_type", "base_url", "api_key", "headers", "models"];
+const FORM_FIELDS = ["name", "provider_type", "base_url", "api_key", "headers", "models", "proxy"];
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
@@ -231,6 +231,7 @@ function fillForm(p) {
   const headers = p ? Object.entries(p.headers || {}) : [];
   $("#f-headers").value = headers.map(([k, v]) => `${k}: ${v}`).join("\n");
   $("#f-models").value = p && p.models ? p.models.join("\n") : "";
+  $("#f-proxy").value = p && p.proxy ? p.proxy : "";
 }
 
 // The form as an API body; field errors found here never reach the server.
@@ -273,6 +274,9 @@ function readForm() {
     .filter(Boolean);
   if (models.length) body.models = models;
 
+  const proxy = $("#f-proxy").value.trim();
+  if (proxy) body.proxy = proxy;
+
   if (editing) {
     const tm = editing.timeouts || {};
     const changed = Object.keys(DEFAULT_TIMEOUTS).some((k) => tm[k] !== DEFAULT_TIMEOUTS[k]);
@@ -280,10 +284,9 @@ function readForm() {
     if (editing.max_connections !== DEFAULT_MAX_CONNECTIONS) {
       body.max_connections = editing.max_connections;
     }
-    // Set in YAML or through the API; the form has no fields for them. (Secrets
+    // Set in YAML or through the API; the form has no field for it. (Secrets
     // such as proxy_auth need nothing: the API keeps them when left out.)
     if (editing.ca_file) body.ca_file = editing.ca_file;
-    if (editing.proxy) body.proxy = editing.proxy;
   }
   return { body, errors };
 }

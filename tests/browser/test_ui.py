@@ -254,6 +254,37 @@ async def test_masked_header_must_be_typed_again(page, ui_gateway_factory, ui_up
     assert saved["timeouts"]["connect"] == 3
 
 
+async def test_proxy_field(page, ui_gateway_factory, ui_upstream):
+    """The outbound proxy is a form field: a bad one is the API's 422 shown
+    next to it; a good one is stored, shown when editing, and clearing it
+    removes it."""
+    gw = await ui_gateway_factory()
+    path = gw.config_path.parent / "providers.d" / "behind-proxy.yaml"
+    await open_ui(page, gw, "zh")
+    await sign_in(page)
+    await expect(page.locator('label[for="f-proxy"]')).to_have_text(CATALOGS["zh"]["field.proxy"])
+    await page.click("#add")
+    await page.fill("#f-name", "behind-proxy")
+    await page.fill("#f-base-url", ui_upstream.base_url)
+    await page.fill("#f-proxy", "socks5://10.0.0.1:1080")
+    await page.click("#save")
+    await expect(field_error(page, "proxy")).to_contain_text("http://HOST:PORT")
+    await expect(page.locator("#f-proxy")).to_have_attribute("aria-invalid", "true")
+    assert not path.exists()
+
+    await page.fill("#f-proxy", "http://10.0.0.1:3128")
+    await page.click("#save")
+    await expect(page.locator("#editor")).to_be_hidden()
+    assert yaml.safe_load(path.read_text())["proxy"] == "http://10.0.0.1:3128"
+
+    await row(page, "behind-proxy").locator("[data-action=edit]").click()
+    await expect(page.locator("#f-proxy")).to_have_value("http://10.0.0.1:3128")
+    await page.fill("#f-proxy", "")
+    await page.click("#save")
+    await expect(page.locator("#editor")).to_be_hidden()
+    assert "proxy" not in yaml.safe_load(path.read_text())
+
+
 async def test_fields_the_form_lacks_survive_a_ui_edit(
     page, ui_gateway_factory, tmp_path, monkeypatch
 ):
