@@ -180,6 +180,22 @@ async def read_all(resp: Response, timeout: float = 5.0) -> bytes:
     raise AssertionError("the body never ended")
 
 
+async def read_until_error(resp: Response, timeout: float = 2.0) -> tuple[bytes, UpstreamError]:
+    """The body bytes that arrived before `read()` raised, and what it raised.
+    A body that ends cleanly fails the test."""
+    out = bytearray()
+    async with asyncio.timeout(timeout):
+        for _ in range(100_000):  # bounded, as in read_all
+            try:
+                data = await resp.read()
+            except UpstreamError as exc:
+                return bytes(out), exc
+            if not data:
+                raise AssertionError(f"the body ended cleanly after {len(out)} bytes")
+            out += data
+    raise AssertionError("the body never ended")
+
+
 async def exchange(
     pool: Pool, body: bytes = b"{}", first_byte: float = 2.0
 ) -> tuple[Connection, Response, bytes, bool, bool]:
@@ -319,13 +335,9 @@ async def test_malformed_chunk_is_an_error_after_the_good_bytes(serve, make_pool
     pool = make_pool(server.port)
     conn = await pool.acquire()
     resp = await conn.send(REQUEST % 2, b"{}", 2.0)
-    got = bytearray()
-    with pytest.raises(UpstreamError) as err:
-        async with asyncio.timeout(2):
-            while data := await resp.read():
-                got += data
-    assert err.value.kind == "other"
-    assert err.value.before_response is False
+    got, error = await read_until_error(resp)
+    assert error.kind == "other"
+    assert error.before_response is False
     assert bytes(got) == good
     assert not conn.reusable
     pool.release(conn, reuse=False)
@@ -416,12 +428,8 @@ async def test_reset_during_read_until_close_is_an_error_not_the_end(serve, make
     conn = await pool.acquire()
     current.append(conn)
     resp = await conn.send(REQUEST % 2, b"{}", 2.0)
-    got = bytearray()
-    with pytest.raises(UpstreamError) as err:
-        async with asyncio.timeout(2):
-            while data := await resp.read():
-                got += data
-    assert (err.value.kind, err.value.before_response) == ("reset", False)
+    got, error = await read_until_error(resp)
+    assert (error.kind, error.before_response) == ("reset", False)
     assert bytes(got) == b"partial"
     pool.release(conn, reuse=False)
 
@@ -697,12 +705,8 @@ async def test_close_mid_body_is_reset_after_response(serve, make_pool):
     pool = make_pool(server.port)
     conn = await pool.acquire()
     resp = await conn.send(REQUEST % 2, b"{}", 2.0)
-    got = bytearray()
-    with pytest.raises(UpstreamError) as err:
-        async with asyncio.timeout(2):
-            while data := await resp.read():
-                got += data
-    assert (err.value.kind, err.value.before_response) == ("reset", False)
+    got, error = await read_until_error(resp)
+    assert (error.kind, error.before_response) == ("reset", False)
     assert bytes(got) == b"0123456789"
     assert not conn.reusable
     pool.release(conn, reuse=False)
@@ -721,13 +725,9 @@ async def test_idle_timeout_after_headers(serve, make_pool):
     resp.set_idle_timeout(0.2)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    got = bytearray()
-    with pytest.raises(UpstreamError) as err:
-        async with asyncio.timeout(2):
-            while data := await resp.read():
-                got += data
+    got, error = await read_until_error(resp)
     assert 0.15 <= loop.time() - t0 < 1.5
-    assert (err.value.kind, err.value.before_response) == ("idle_timeout", False)
+    assert (error.kind, error.before_response) == ("idle_timeout", False)
     assert bytes(got) == b"0123456789"
     pool.release(conn, reuse=False)
     await until(lambda: server.open == 0)
