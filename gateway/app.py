@@ -39,7 +39,7 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
 # Absent when the app serves a fixed snapshot (no reloads).
 RELOADER = web.AppKey("reloader", Reloader)
-# aiohttp's own cap; the real body limit is enforced in forwarder.read_body
+# aiohttp's own cap; the real body limit is enforced in request_body.read_body
 # so that a reload can change it.
 _CLIENT_MAX_SIZE = 1 << 40
 

@@ -22,6 +22,7 @@ from multidict import CIMultiDict
 
 from .errors import GatewayError
 from .metrics import Metrics
+from .request_body import read_body
 from .router import route
 from .snapshot import ProviderRuntime, Snapshot
 from .upstream import Connection, Response, UpstreamError
@@ -50,6 +51,8 @@ _DROP_FROM_CLIENT = HOP_BY_HOP | {
     "x-request-id",  # replaced by the gateway's own (validated) id
     "authorization",
     "content-length",
+    # The body goes upstream decoded (see request_body): its coding is gone.
+    "content-encoding",
     "expect",
     "api-key",
     "x-api-key",
@@ -173,33 +176,6 @@ def rewrite_model(body: bytes, payload: dict, new_model: str) -> bytes:
     payload = dict(payload)
     payload["model"] = new_model
     return orjson.dumps(payload)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body, refusing more than `limit` bytes with 413.
-
-    The limit is checked here, not through aiohttp's `client_max_size`, so a
-    reload can change it.
-    """
-    length = request.content_length
-    if length is not None:
-        if length > limit:
-            raise GatewayError(
-                413,
-                f"The request body is {length} bytes; the limit is {limit}",
-                "request_too_large",
-            )
-        return await request.read()
-    chunks = []
-    total = 0
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        if total > limit:
-            raise GatewayError(
-                413, f"The request body is over the limit of {limit} bytes", "request_too_large"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")

@@ -81,6 +81,9 @@ async def start_gateway(
         create_app(holder, reloader),
         access_log=None,
         handler_cancellation=True,  # a client that leaves cancels its upstream request
+        # request_body decodes gzip/deflate itself, bounded by the body limit;
+        # aiohttp's decoder has no bound (a gzip bomb inflated in full).
+        auto_decompress=False,
         shutdown_timeout=shutdown_grace,
         max_line_size=header_limit,
         max_field_size=header_limit,
