@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import re
 from random import random
-from secrets import token_hex
 from time import perf_counter
+from uuid import uuid4
 
 import orjson
 from aiohttp import web
@@ -231,7 +231,8 @@ async def forward(
     t0 = perf_counter()
     rid = request.headers.get("X-Request-Id")
     if rid is None or not _REQUEST_ID_RE.match(rid):
-        rid = token_hex(8)
+        # A UUID: some servers (llama-cpp-python) refuse any other X-Request-Id.
+        rid = str(uuid4())
     outcome = Outcome()
     try:
         resp = await _forward(request, snapshot, endpoint, metrics, rid, outcome, t0)
@@ -347,6 +348,9 @@ def _failure(runtime: ProviderRuntime, exc: UpstreamError) -> UpstreamFailure:
         where = f"{runtime.base_url.host}:{runtime.base_url.port}"
         message = f"Cannot connect to provider '{name}' at {where}: {exc}"
         return UpstreamFailure(kind, GatewayError(502, message, "upstream_unreachable"))
+    if kind == "protocol":  # unsafe framing; `exc` names the problem, never a whole value
+        message = f"Provider '{name}' failed: {exc}"
+        return UpstreamFailure(kind, GatewayError(502, message, "upstream_protocol_error"))
     message = f"Provider '{name}' failed: {exc}"
     return UpstreamFailure(kind, GatewayError(502, message, "upstream_error"))
 
@@ -404,6 +408,8 @@ async def _relay(
         # Headers are in: from now on the limit is the gap between chunks.
         upstream.set_idle_timeout(runtime.config.timeouts.idle)
         headers = response_headers(upstream.headers)
+        if status in (204, 304):  # no body, whatever the upstream's length said
+            headers.popall("Content-Length", None)
         upstream_rid = headers.get("X-Request-Id")
         if upstream_rid is not None and upstream_rid != rid:
             headers["X-Upstream-Request-Id"] = upstream_rid

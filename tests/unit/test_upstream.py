@@ -235,7 +235,7 @@ CHUNKED_RESPONSE = (
     b"1\r\n \r\n"
     b"A\r\n0123456789\r\n"
     b"c\r\ndata: {}\r\n\r\n\r\n"
-    b'1B; name="x;y"\r\nabcdefghijklmnopqrstuvwxyz!\r\n'
+    b'1B;name="x;y"\r\nabcdefghijklmnopqrstuvwxyz!\r\n'
     b"0001\r\n.\r\n"
     b"0\r\nX-Checksum: abc\r\nX-More: 1\r\n\r\n"
 )
@@ -336,7 +336,7 @@ async def test_malformed_chunk_is_an_error_after_the_good_bytes(serve, make_pool
     conn = await pool.acquire()
     resp = await conn.send(REQUEST % 2, b"{}", 2.0)
     got, error = await read_until_error(resp)
-    assert error.kind == "other"
+    assert error.kind == "protocol"
     assert error.before_response is False
     assert bytes(got) == good
     assert not conn.reusable
@@ -364,7 +364,7 @@ async def test_bad_head_is_an_error_before_the_response(serve, make_pool, raw):
     conn = await pool.acquire()
     with pytest.raises(UpstreamError) as err:
         await conn.send(REQUEST % 2, b"{}", 2.0)
-    assert (err.value.kind, err.value.before_response) == ("other", True)
+    assert (err.value.kind, err.value.before_response) == ("protocol", True)
     pool.release(conn, reuse=False)
     await until(lambda: server.open == 0)
 
@@ -942,7 +942,7 @@ async def test_chunk_size_must_be_plain_hex(size):
         with pytest.raises(UpstreamError) as info:
             while await resp.read():
                 pass
-        assert info.value.kind == "other"
+        assert info.value.kind == "protocol"
         pool.release(conn, reuse=False)
     finally:
         pool.close()
