@@ -13,7 +13,6 @@ leave a consistent directory.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,14 +21,14 @@ import orjson
 from aiohttp import hdrs, web
 
 from . import store
-from .config import ProviderConfig, parse_provider
+from .config import ProviderConfig, SecretRef, parse_provider
 from .errors import GatewayError
 from .models import UpstreamListError, fetch_upstream_models
+from .redact import MASK, SECRETISH_HEADER
 from .reload import Reloader
+from .secrets import SecretError, SecretResolver
 from .snapshot import ProviderRuntime, Snapshot
 
-MASK = "***"
-_SECRETISH_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.I)
 WRITABLE_FIELDS = frozenset(store.FIELD_ORDER)
 # Stored sealed, shown as "***"; sending "***" back (or leaving it out) keeps them.
 SECRET_FIELDS = ("api_key", "proxy_auth")
@@ -75,7 +74,7 @@ def masked(provider: ProviderConfig) -> dict:
         "provider_type": provider.provider_type,
         "base_url": provider.base_url,
         "api_key": MASK if provider.api_key is not None else None,
-        "headers": {k: MASK if _SECRETISH_HEADER.search(k) else v for k, v in provider.headers},
+        "headers": {k: MASK if SECRETISH_HEADER.search(k) else v for k, v in provider.headers},
         "models": list(provider.models) if provider.models is not None else None,
         "timeouts": {"connect": t.connect, "first_byte": t.first_byte, "idle": t.idle},
         "max_connections": provider.max_connections,
@@ -142,6 +141,38 @@ def _validate(record: dict, path: Path) -> None:
         raise _error(422, first.message, "invalid_field", first.field or "name")
 
 
+def _sent_secrets(body: dict) -> dict[str, str]:
+    """The secrets the caller itself sent (not "***", which keeps the stored one)."""
+    return {f: body[f] for f in SECRET_FIELDS if isinstance(body.get(f), str) and body[f] != MASK}
+
+
+def _check_sent_secrets(sent: dict[str, str], snapshot: Snapshot) -> None:
+    """422 naming the field for `env:` outside admin.env_prefixes (else the
+    caller could send any variable of the gateway's environment as a Bearer
+    token to a base_url of its choosing), and for any value the resolver
+    refuses (CR/LF, control characters): its own check, before the write.
+    Values kept from the stored file are the operator's, not checked here."""
+    admin = snapshot.config.admin
+    prefixes = admin.env_prefixes if admin is not None else ()
+    resolver = SecretResolver(warn_plain=False)
+    for field, value in sent.items():
+        if value.startswith("sealed:"):
+            continue  # unsealed and checked by the reload
+        if value.startswith("env:") and not value[4:].startswith(prefixes):
+            allowed = ", ".join(prefixes)
+            reason = (
+                f"only variables starting with {allowed} may be named (admin.env_prefixes)"
+                if prefixes
+                else "not allowed through the admin API; an operator can allow variable "
+                "name prefixes with admin.env_prefixes in the config"
+            )
+            raise _error(422, f"{field}: env: references are {reason}", "invalid_field", field)
+        try:
+            resolver.resolve(SecretRef(value, "admin", "request body", field))
+        except SecretError as exc:
+            raise _error(422, f"{field}: {exc}", "invalid_field", field) from None
+
+
 def _seal_key(record: dict, sealer: Callable[[str, str], str] | None) -> None:
     """Replace plain-text secrets (api_key, proxy_auth) with their sealed form
     (scope = provider name)."""
@@ -159,7 +190,10 @@ def _seal_key(record: dict, sealer: Callable[[str, str], str] | None) -> None:
                 "no_seal_key",
                 field,
             )
-        record[field] = sealer(key, record["name"])
+        try:
+            record[field] = sealer(key, record["name"])
+        except SecretError as exc:  # never a 500: the message names no secret
+            raise _error(422, f"{field}: {exc}", "invalid_field", field) from None
 
 
 async def _commit(request: web.Request, path: Path, text: str | None) -> Snapshot:
@@ -221,12 +255,14 @@ async def get_provider(request: web.Request) -> web.Response:
 async def create_provider(request: web.Request) -> web.Response:
     snapshot = authorize(request)
     record = {k: v for k, v in (await _body(request)).items() if v is not None}
+    sent = _sent_secrets(record)
     async with request.app[ADMIN].lock:
         snapshot = request.app[ADMIN].reloader.holder.current
         include = _check_writable(snapshot)
         name = record.get("name")
         path = store.fragment_path(include, name if isinstance(name, str) else "_")
         _validate(record, path)
+        _check_sent_secrets(sent, snapshot)
         if snapshot.config.provider(name) is not None or path.exists():
             raise _error(409, f"A provider named '{name}' already exists", "duplicate_name", "name")
         _seal_key(record, snapshot.seal)
@@ -241,6 +277,7 @@ async def replace_provider(request: web.Request) -> web.Response:
     # `"api_key": null` removes the stored key; absent or "***" keeps it.
     # The same for proxy_auth.
     removed = {f for f in SECRET_FIELDS if f in body and body[f] is None}
+    sent = _sent_secrets(body)
     record = {k: v for k, v in body.items() if v is not None}
     if record.setdefault("name", name) != name:
         raise _error(422, "The name in the body must match the URL", "invalid_field", "name")
@@ -266,6 +303,7 @@ async def replace_provider(request: web.Request) -> web.Response:
                 if value == MASK and key in old:
                     headers[key] = old[key]
         _validate(record, path)
+        _check_sent_secrets(sent, snapshot)
         _seal_key(record, snapshot.seal)
         if path.parent != include:  # defensive: only ever write inside include/
             raise _error(
@@ -341,12 +379,14 @@ async def verify_provider(request: web.Request) -> web.Response:
             proxy_headers=runtime.proxy_headers(),
             timeout=timeout,
         ) as resp:
-            text = (await resp.read())[:500].decode("utf-8", "replace")
+            # Redacted before the cut to 500 characters: a key across it is not half shown.
+            text = runtime.redact((await resp.read())[:65536].decode("utf-8", "replace"))[:500]
             if resp.status == 200:
                 return _json({"valid": True, "model": model})
             return _json({"valid": False, "model": model, "error": f"HTTP {resp.status}: {text}"})
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return _json({"valid": False, "model": model, "error": f"{type(exc).__name__}: {exc}"})
+        error = runtime.redact(f"{type(exc).__name__}: {exc}")
+        return _json({"valid": False, "model": model, "error": error})
 
 
 def _wrap(handler):

@@ -23,13 +23,15 @@ from typing import Any
 import yaml
 from yarl import URL
 
+from .headercheck import header_name_problem, header_value_problem, printable
+
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 DEFAULT_LISTEN = "127.0.0.1:8080"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 PROVIDER_TYPES = ("custom", "openai")
 RESERVED_NAMES = frozenset({"auth", "admin"})
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Headers the gateway owns: letting config set them would break forwarding.
 RESERVED_HEADERS = frozenset(
     {"authorization", "host", "content-length", "transfer-encoding", "connection"}
@@ -131,6 +133,10 @@ class AuthConfig:
 class AdminConfig:
     token: SecretRef
     writable: bool = True
+    # Variables the admin API may name as `env:NAME` secrets: only names
+    # starting with one of these (none by default, so that the API cannot
+    # send any of the gateway's environment to a base_url of its caller's).
+    env_prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +144,22 @@ class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
     # One request line or header field; long enough for big JWTs.
     max_header_bytes: int = 16 * 1024
+    # Inbound connection limits, enforced by gateway/inbound.py (times in s).
+    # A real client writes its whole request head at once: 10 s is room for
+    # a bad mobile link, and caps what a trickling (slowloris) client holds.
+    head_timeout: float = 10.0
+    # Longest wait for the next KiB (or the end) of a request body once its
+    # head is in; time the gateway itself is not reading does not count.
+    # 30 s of silence is a stalled client on any real network.
+    body_idle_timeout: float = 30.0
+    # Idle time allowed between requests on one connection. Longer than the
+    # 60 s idle timeout of common proxies (AWS ALB, ingress-nginx) so that
+    # the proxy, not the gateway, closes an idle connection first: the other
+    # order races with a request sent on it and the proxy answers 502.
+    keepalive_timeout: float = 75.0
+    # Open client connections; lowered at start-up to what the process's
+    # file descriptor limit can carry (see inbound.fd_connection_cap).
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +280,20 @@ class _Parser:
         if not isinstance(value, str) or not value:
             self.problem(file, "must be a non-empty string", provider, field)
             return None
-        if value.startswith("env:") and not re.match(r"^env:[A-Za-z_][A-Za-z0-9_]*$", value):
+        if value.startswith("env:") and not ENV_NAME_RE.match(value[4:]):
             self.problem(file, "env: must be followed by a variable name", provider, field)
             return None
         return SecretRef(value, scope, str(file), field, provider)
+
+    def env_prefixes(self, value, file: Path) -> tuple[str, ...]:
+        """`admin.env_prefixes`: variable name prefixes the admin API may use."""
+        if isinstance(value, list) and all(
+            isinstance(p, str) and ENV_NAME_RE.match(p) for p in value
+        ):
+            return tuple(value)
+        example = "must be a list of environment variable name prefixes, e.g. [GATEWAY_PROVIDER_]"
+        self.problem(file, example, field="admin.env_prefixes")
+        return ()
 
     def number(self, value, *, file, field, provider=None, minimum=0.0, integer=False):
         ok_type = int if integer else (int, float)
@@ -331,15 +363,17 @@ class _Parser:
             self.problem(file, "must be a mapping of header name to value", pname, "headers")
         else:
             for hname, hvalue in raw_headers.items():
-                fname = f"headers.{hname}"
-                if not isinstance(hname, str) or not HEADER_NAME_RE.match(hname):
-                    self.problem(file, "not a valid HTTP header name", pname, fname)
+                # The name may hold CR/LF itself: escaped, for a one-line error.
+                fname = f"headers.{printable(str(hname))}"
+                bad_name = header_name_problem(hname)
+                if bad_name:
+                    self.problem(file, bad_name, pname, fname)
                 elif hname.lower() in RESERVED_HEADERS:
                     self.problem(file, "set by the gateway; cannot be configured", pname, fname)
                 elif not isinstance(hvalue, (str, int, float)) or isinstance(hvalue, bool):
                     self.problem(file, "must be a string", pname, fname)
-                elif "\n" in str(hvalue) or "\r" in str(hvalue):
-                    self.problem(file, "must not contain line breaks", pname, fname)
+                elif bad_value := header_value_problem(str(hvalue)):
+                    self.problem(file, bad_value, pname, fname)
                 else:
                     headers.append((hname, str(hvalue)))
 
@@ -577,13 +611,14 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         if not isinstance(raw, Mapping):
             parser.problem(path, "must be a mapping with token", field="admin")
         else:
-            parser.unknown_keys(raw, {"token", "writable"}, path, prefix="admin.")
+            parser.unknown_keys(raw, {"token", "writable", "env_prefixes"}, path, prefix="admin.")
             writable = raw.get("writable", True)
             if not isinstance(writable, bool):
                 parser.problem(path, "must be true or false", field="admin.writable")
+            prefixes = parser.env_prefixes(raw.get("env_prefixes", []), path)
             token = parser.secret(raw.get("token"), file=path, field="admin.token", scope="admin")
             if token:
-                admin = AdminConfig(token, bool(writable))
+                admin = AdminConfig(token, bool(writable), prefixes)
 
     limits = Limits()
     if data.get("limits") is not None:
@@ -591,12 +626,18 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         if not isinstance(raw, Mapping):
             parser.problem(path, "must be a mapping", field="limits")
         else:
-            allowed = {"max_body_bytes", "max_header_bytes"}
+            # Sizes and counts are whole numbers; times are seconds (0.5 is fine).
+            seconds = {"head_timeout", "body_idle_timeout", "keepalive_timeout"}
+            allowed = {"max_body_bytes", "max_header_bytes", "max_connections", *seconds}
             parser.unknown_keys(raw, allowed, path, prefix="limits.")
             values = {}
-            for key in allowed & raw.keys():
-                v = parser.number(raw[key], file=path, field=f"limits.{key}", integer=True)
-                if v:
+            for key in (k for k in raw if k in allowed):
+                v = parser.number(
+                    raw[key], file=path, field=f"limits.{key}", integer=key not in seconds
+                )
+                if v is not None and not v < float("inf"):  # YAML's .inf and .nan
+                    parser.problem(path, "must be a finite number", field=f"limits.{key}")
+                elif v is not None:
                     values[key] = v
             limits = Limits(**values)
 

@@ -22,7 +22,13 @@ log = logging.getLogger("gateway.models")
 
 
 class UpstreamListError(Exception):
-    """The upstream did not give a model list. Never carries the key."""
+    """The upstream did not give a model list.
+
+    Never carries a secret: `fetch_upstream_models` passes its message and
+    the upstream's body through the provider's redactor (an upstream's error
+    page may quote the request's Authorization header), so the admin API,
+    the cache's `error` and log lines can show them as they are.
+    """
 
     def __init__(self, message: str, status: int | None = None, body: str | None = None):
         super().__init__(message)
@@ -38,7 +44,16 @@ def _static_entries(runtime: ProviderRuntime) -> list[dict]:
 
 
 async def fetch_upstream_models(runtime: ProviderRuntime, timeout: float) -> list[dict]:
-    """GET the provider's `/models`, as reported. Raises UpstreamListError."""
+    """GET the provider's `/models`, as reported. Raises UpstreamListError, redacted."""
+    try:
+        return await _fetch(runtime, timeout)
+    except UpstreamListError as exc:
+        redact = runtime.redact
+        body = None if exc.body is None else redact(exc.body)
+        raise UpstreamListError(redact(str(exc)), exc.status, body) from None
+
+
+async def _fetch(runtime: ProviderRuntime, timeout: float) -> list[dict]:
     headers = dict(runtime.upstream_headers)
     # The session never decompresses (forwarding is verbatim), so ask for
     # plain bytes here where the gateway itself reads the body.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .config import Problem, SecretRef
+from .headercheck import secret_problem, trim_env_newline
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
@@ -36,8 +37,14 @@ class Secret:
         return self._value
 
     def matches(self, candidate: str) -> bool:
-        """Constant-time comparison, for inbound tokens."""
-        return hmac.compare_digest(self._value.encode(), candidate.encode())
+        """Constant-time comparison, for inbound tokens.
+
+        aiohttp decodes header bytes that are not UTF-8 with surrogateescape;
+        encoding them back the same way compares the bytes as received
+        (a plain `.encode()` raised, and the request answered 500)."""
+        return hmac.compare_digest(
+            self._value.encode(), candidate.encode("utf-8", "surrogateescape")
+        )
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -75,24 +82,18 @@ class SecretResolver:
     warn_plain: bool = True
 
     def resolve(self, ref: SecretRef) -> Secret:
-        kind = ref.kind
-        if kind == "env":
-            name = ref.text[4:]
-            env = os.environ if self.environ is None else self.environ
-            value = env.get(name)
-            if value is None:
-                raise SecretError(f"environment variable {name} is not set")
-            if not value:
-                raise SecretError(f"environment variable {name} is empty")
-            return Secret(value)
-        if kind == "sealed":
-            if self.unseal is None:
-                raise SecretError(
-                    "value is sealed but no private key is loaded "
-                    "(set seal_key_file or GATEWAY_SEAL_KEY_FILE)"
-                )
-            return Secret(self.unseal(ref.text, ref.scope))
-        if self.warn_plain:
+        """The secret's plain text, checked for what a header can carry.
+
+        Every secret (provider keys, proxy credentials, inbound keys, the
+        admin token; at load, reload, `gateway check` and through the admin
+        API) is resolved here, so this is the one check that a value can
+        safely go into a request head. Raises SecretError.
+        """
+        value, source = self._text(ref)
+        problem = secret_problem(value)
+        if problem:
+            raise SecretError(f"{source} {problem}")
+        if ref.kind == "plain" and self.warn_plain:
             where = f"provider '{ref.provider}' " if ref.provider else ""
             log.warning(
                 "%s: %sfield '%s' holds a PLAIN-TEXT secret; seal it with "
@@ -102,7 +103,30 @@ class SecretResolver:
                 ref.field,
                 ref.scope,
             )
-        return Secret(ref.text)
+        return Secret(value)
+
+    def _text(self, ref: SecretRef) -> tuple[str, str]:
+        """The plain text, and how to name it in an error (never the value)."""
+        kind = ref.kind
+        if kind == "env":
+            name = ref.text[4:]
+            env = os.environ if self.environ is None else self.environ
+            value = env.get(name)
+            if value is None:
+                raise SecretError(f"environment variable {name} is not set")
+            # A Secret made from a file ends in a newline: not part of the key.
+            value = trim_env_newline(value)
+            if not value:
+                raise SecretError(f"environment variable {name} is empty")
+            return value, f"the value of environment variable {name}"
+        if kind == "sealed":
+            if self.unseal is None:
+                raise SecretError(
+                    "value is sealed but no private key is loaded "
+                    "(set seal_key_file or GATEWAY_SEAL_KEY_FILE)"
+                )
+            return self.unseal(ref.text, ref.scope), "the unsealed value"
+        return ref.text, "the value"
 
     def resolve_all(
         self, refs: Iterable[SecretRef]

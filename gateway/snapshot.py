@@ -34,6 +34,7 @@ from yarl import URL
 
 from . import __version__
 from .config import ConfigError, GatewayConfig, Problem, ProviderConfig
+from .redact import provider_redactor
 from .secrets import Secret, SecretResolver, config_secret_refs
 from .upstream import Pool
 
@@ -58,6 +59,7 @@ class ProviderRuntime:
         "name",
         "proxy_auth",
         "proxy_connect_headers",
+        "redact",
         "refs",
         "request_lines",
         "timeout",
@@ -93,6 +95,12 @@ class ProviderRuntime:
             if not https:
                 headers["Proxy-Authorization"] = proxy_credentials
         self.upstream_headers = headers
+        # Hides this provider's secrets in upstream text shown or logged.
+        self.redact = provider_redactor(
+            api_key.reveal() if api_key is not None else None,
+            proxy_auth.reveal() if proxy_auth is not None else None,
+            config.headers,
+        )
         self.proxy_connect_headers = (
             f"Proxy-Authorization: {proxy_credentials}\r\n".encode()
             if proxy_credentials and https
