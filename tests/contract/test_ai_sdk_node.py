@@ -1,0 +1,116 @@
+"""The Vercel AI SDK and the OpenAI Node SDK's Responses API against the demo upstream.
+
+`node/ai_sdk_check.mjs` makes the calls and prints what it saw as one JSON
+object; this test runs it straight at the demo upstream (model `demo-chat`)
+and judges every result. The script takes its base URL and model from the
+environment, so the same script can later run through the gateway with
+`demo/demo-chat`. A missing Node or npm install is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import orjson
+import pytest
+
+from tests.support import REPO
+
+NODE_DIR = REPO / "tests" / "contract" / "node"
+SCRIPT = NODE_DIR / "ai_sdk_check.mjs"
+GREETING = "Hello from the gateway's demo upstream!"
+RUN_TIMEOUT = 60.0
+
+
+def node_binary() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("`node` is not on PATH: the AI SDK contract test needs Node.js (see README.md)")
+    for package in ("ai", "@ai-sdk/openai", "openai"):
+        if not (NODE_DIR / "node_modules" / package).is_dir():
+            pytest.fail(
+                f"{NODE_DIR / 'node_modules'} is missing {package}: run `bash .ci/run` "
+                "(it runs npm install) or `npm install --prefix tests/contract/node`"
+            )
+    return node
+
+
+async def run_ai_sdk_check(base_url: str, model: str) -> dict:
+    env = dict(
+        os.environ, GATEWAY_BASE_URL=base_url, GATEWAY_API_KEY="sk-demo", GATEWAY_MODEL=model
+    )
+    # The SDKs read these; a developer's own settings must not leak into the run.
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
+        env.pop(name, None)
+    proc = await asyncio.create_subprocess_exec(
+        node_binary(),
+        str(SCRIPT),
+        cwd=str(NODE_DIR),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    except TimeoutError:
+        pytest.fail(f"ai_sdk_check.mjs did not finish within {RUN_TIMEOUT:g}s")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    err_text = stderr.decode(errors="replace")
+    assert proc.returncode == 0, f"ai_sdk_check.mjs exited {proc.returncode}:\n{err_text}"
+    lines = stdout.decode().strip().splitlines()
+    assert len(lines) == 1, f"expected one JSON line, got: {stdout!r}\nstderr: {err_text}"
+    return orjson.loads(lines[0])
+
+
+async def test_ai_sdk_and_node_responses_against_demo(demo_upstream):
+    r = await run_ai_sdk_check(demo_upstream, "demo-chat")
+
+    # The AI SDK's default OpenAI model speaks the Responses API, streamed.
+    said = f"{GREETING} You said: Hello from the AI SDK!"
+    assert r["aiStream"] == {
+        "text": said,
+        "pieces": len(said.split()),
+        "finishReason": "stop",
+        "inputTokens": 5,
+        "outputTokens": len(said.split()),
+    }
+
+    # Its tool loop: step one calls the tool, step two answers the result.
+    assert r["aiTools"] == {
+        "text": f"{GREETING} The tool returned: Sunny in demo",
+        "steps": 2,
+        "toolCalls": ["demo"],
+        "finishReason": "stop",
+    }
+
+    node_said = f"{GREETING} You said: Hello from Node!"
+    plain = r["responses"]
+    assert plain["id"].startswith("resp_")
+    assert plain["status"] == "completed"
+    assert plain["text"] == node_said
+    assert plain["inputTokens"] == 3
+    assert plain["outputTokens"] == len(node_said.split())
+
+    stream = r["responsesStream"]
+    assert stream["text"] == node_said
+    assert stream["completedText"] == node_said
+    assert stream["sequence"] == list(range(len(stream["types"])))
+    assert stream["types"][:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert stream["types"][-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert stream["types"].count("response.output_text.delta") == len(node_said.split())
+    assert stream["completedUsage"]["output_tokens"] == len(node_said.split())
