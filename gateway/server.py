@@ -13,6 +13,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from .app import LIFECYCLE, METRICS, create_app
 from .config import parse_listen
+from .inbound import GuardedAppRunner, InboundGuard
 from .metrics_board import MetricsBoard
 from .reload import Reloader, load_snapshot
 from .snapshot import SnapshotHolder
@@ -72,13 +73,16 @@ async def start_gateway(
 
     With a `reloader`, /readyz reports its status and the admin API exists.
     The header size limit is read once here: aiohttp fixes it per server.
+    Client connections get the time limits and the cap of `limits:` (read
+    live: see inbound.py).
     """
     header_limit = holder.current.config.limits.max_header_bytes
     server_log = logging.getLogger("aiohttp.server")
     if _REDACT not in server_log.filters:
         server_log.addFilter(_REDACT)
-    runner = web.AppRunner(
+    runner = GuardedAppRunner(
         create_app(holder, reloader),
+        guard=InboundGuard(holder),
         access_log=None,
         handler_cancellation=True,  # a client that leaves cancels its upstream request
         # request_body decodes gzip/deflate itself, bounded by the body limit;
