@@ -24,6 +24,7 @@ from . import store
 from .config import ProviderConfig, SecretRef, parse_provider
 from .errors import GatewayError
 from .models import UpstreamListError, fetch_upstream_models
+from .provider_api import DEFAULT_PASSTHROUGH
 from .redact import MASK, SECRETISH_HEADER
 from .reload import Reloader
 from .secrets import SecretError, SecretResolver
@@ -81,6 +82,13 @@ def masked(provider: ProviderConfig) -> dict:
         "ca_file": provider.ca_file,
         "proxy": provider.proxy,
         "proxy_auth": MASK if provider.proxy_auth is not None else None,
+        "auth_header": provider.api.auth_header,
+        "query": dict(provider.api.query),
+        "endpoints": sorted(provider.api.endpoints) if provider.api.endpoints is not None else None,
+        # null while the default (the inference endpoints) applies
+        "passthrough": list(provider.api.passthrough)
+        if provider.api.passthrough != DEFAULT_PASSTHROUGH
+        else None,
         "source": provider.source,
     }
 

@@ -17,11 +17,13 @@ from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE
 
 from .admin import add_admin_routes
+from .endpoints import Endpoint, gateway_paths
 from .errors import GatewayError, error_response
 from .forwarder import forward
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .models import find_model, list_models
+from .passthrough import ResponseOwners, by_response_id, passthrough
 from .reload import Reloader
 from .snapshot import Snapshot, SnapshotHolder
 from .ui_routes import add_ui_routes
@@ -38,6 +40,7 @@ class Lifecycle:
 
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
+OWNERS = web.AppKey("response_owners", ResponseOwners)
 # Absent when the app serves a fixed snapshot (no reloads).
 RELOADER = web.AppKey("reloader", Reloader)
 # aiohttp's own cap; the real body limit is enforced in request_body.read_body
@@ -49,12 +52,16 @@ def check_auth(request: web.Request, snapshot: Snapshot) -> None:
     keys = snapshot.auth_keys
     if keys is None:
         return
-    scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    headers = request.headers
+    scheme, _, token = headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    if not token:
+        # Anthropic's SDKs send `x-api-key`; Azure OpenAI clients `api-key`.
+        token = (headers.get("x-api-key") or headers.get("api-key") or "").strip()
+    if not token:
         raise GatewayError(
             401,
-            "Missing API key: send it as 'Authorization: Bearer <key>'",
+            "Missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
             "missing_api_key",
         )
     ok = False
@@ -68,14 +75,39 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def _proxy(endpoint: str, request: web.Request) -> web.StreamResponse:
+async def _proxy(endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
     holder = request.app[HOLDER]
     snapshot = holder.acquire()
     try:
         check_auth(request, snapshot)
         # forward() returns only after the last byte is written, so the
         # lease covers the whole stream.
-        return await forward(request, snapshot, endpoint, request.app[METRICS])
+        sniff = request.app[OWNERS].sniffer() if endpoint.remembers_ids else None
+        return await forward(request, snapshot, endpoint, request.app[METRICS], sniff)
+    except GatewayError as exc:
+        return exc.response()
+    finally:
+        holder.release(snapshot)
+
+
+async def _passthrough(request: web.Request) -> web.StreamResponse:
+    holder = request.app[HOLDER]
+    snapshot = holder.acquire()
+    try:
+        check_auth(request, snapshot)
+        return await passthrough(request, snapshot, request.app[METRICS])
+    except GatewayError as exc:
+        return exc.response()
+    finally:
+        holder.release(snapshot)
+
+
+async def _by_response_id(request: web.Request) -> web.StreamResponse:
+    holder = request.app[HOLDER]
+    snapshot = holder.acquire()
+    try:
+        check_auth(request, snapshot)
+        return await by_response_id(request, snapshot, request.app[METRICS], request.app[OWNERS])
     except GatewayError as exc:
         return exc.response()
     finally:
@@ -174,9 +206,15 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
         # The admin API writes the store and reloads, so it needs a reloader;
         # each request checks that the live config sets admin.token.
         add_admin_routes(app, reloader)
-    r.add_post("/v1/chat/completions", partial(_proxy, "chat/completions"))
-    r.add_post("/v1/completions", partial(_proxy, "completions"))
-    r.add_post("/v1/embeddings", partial(_proxy, "embeddings"))
+    app[OWNERS] = ResponseOwners()
+    for path, endpoint in gateway_paths():
+        r.add_post(path, partial(_proxy, endpoint))
+    responses = "/v1/responses/{id}"
+    r.add_get(responses, _by_response_id, allow_head=False)
+    r.add_delete(responses, _by_response_id)
+    r.add_post(responses + "/cancel", _by_response_id)
+    r.add_get(responses + "/input_items", _by_response_id, allow_head=False)
+    r.add_route("*", "/providers/{name}/{tail:.*}", _passthrough)
     r.add_get("/v1/models", models_list)
     r.add_get("/v1/models/{model_id:.+}", models_get)
     r.add_get("/healthz", healthz)

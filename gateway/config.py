@@ -24,6 +24,7 @@ import yaml
 from yarl import URL
 
 from .headercheck import header_name_problem, header_value_problem, printable
+from .provider_api import DEFAULT_API, ApiOptions, parse_api_options
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -120,6 +121,8 @@ class ProviderConfig:
     ca_pem: str | None = field(default=None, repr=False)
     proxy: str | None = None  # http://host:port of an outbound HTTP proxy
     proxy_auth: SecretRef | None = None  # its USER:PASSWORD (Basic), a secret
+    # Key header, fixed query, endpoints served, passthrough paths (provider_api)
+    api: ApiOptions = DEFAULT_API
     source: str = "config"  # "config" (main file) or "store" (an include fragment)
     file: str = ""
 
@@ -235,6 +238,10 @@ PROVIDER_FIELDS = (
     "ca_file",
     "proxy",
     "proxy_auth",
+    "auth_header",
+    "query",
+    "endpoints",
+    "passthrough",
 )
 PROVIDER_KEYS = frozenset(PROVIDER_FIELDS)
 
@@ -425,6 +432,8 @@ class _Parser:
                 raw["proxy_auth"], file=file, field="proxy_auth", scope=pname, provider=pname
             )
 
+        api = parse_api_options(self, raw, file, pname)
+
         if len(self.problems) > before:
             return None
         return ProviderConfig(
@@ -440,6 +449,7 @@ class _Parser:
             ca_pem=ca_pem,
             proxy=proxy,
             proxy_auth=proxy_auth,
+            api=api,
             source=source,
             file=str(file),
         )

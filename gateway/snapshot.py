@@ -34,13 +34,13 @@ from yarl import URL
 
 from . import __version__
 from .config import ConfigError, GatewayConfig, Problem, ProviderConfig
+from .endpoints import ENDPOINTS
+from .provider_api import AUTH_HEADERS
 from .redact import provider_redactor
 from .secrets import Secret, SecretResolver, config_secret_refs
 from .upstream import Pool
 
 log = logging.getLogger("gateway.snapshot")
-
-ENDPOINTS = ("chat/completions", "completions", "embeddings")
 
 
 class ProviderRuntime:
@@ -53,12 +53,16 @@ class ProviderRuntime:
         "_tls",
         "_tunnel_auth",
         "api_key",
+        "base_path",
         "base_url",
         "config",
+        "host_line",
         "model_cache",
         "name",
+        "origin_prefix",
         "proxy_auth",
         "proxy_connect_headers",
+        "query",
         "redact",
         "refs",
         "request_lines",
@@ -77,12 +81,17 @@ class ProviderRuntime:
         self.api_key = api_key
         self.proxy_auth = proxy_auth
         self.base_url = URL(config.base_url)
+        query = config.api.query
         # Appending with "/" keeps the base path (".../v1") and is done once.
-        self.urls = {ep: URL(f"{config.base_url}/{ep}") for ep in ENDPOINTS}
-        self.urls["models"] = URL(f"{config.base_url}/models")
+        self.urls = {
+            ep: URL(f"{config.base_url}/{ep}").update_query(query)
+            for ep in ("chat/completions", "models")
+        }
         headers = CIMultiDict(config.headers)
         if api_key is not None:
-            headers["Authorization"] = f"Bearer {api_key.reveal()}"
+            style = config.api.auth_header
+            value = api_key.reveal()
+            headers[AUTH_HEADERS[style]] = f"Bearer {value}" if style == "bearer" else value
         # Basic credentials for the proxy. For an https upstream they go on
         # the CONNECT that opens the tunnel (the hot path's pool; aiohttp's
         # `proxy_headers`); for an http one, on every request, which the
@@ -115,12 +124,19 @@ class ProviderRuntime:
         if url.explicit_port:
             host = f"{host}:{url.port}"
         base_path = url.raw_path.rstrip("/")
+        origin = ""
         if config.proxy and url.scheme == "http":
             # Through a proxy, plain-HTTP requests name the whole URL.
-            base_path = f"http://{host}{base_path}"
+            origin = f"http://{host}"
+        self.origin_prefix = origin
+        self.base_path = origin + base_path
+        self.host_line = f"Host: {host}\r\n".encode("latin-1")
+        self.query = URL.build(query=query).raw_query_string if query else ""
         self.request_lines = {
-            ep: f"POST {base_path}/{ep} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
-            for ep in ENDPOINTS
+            name: self.request_line(
+                "POST", (origin if e.root else self.base_path) + "/" + e.upstream
+            )
+            for name, e in ENDPOINTS.items()
         }
         self.upstream_header_block = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode(
             "utf-8"
@@ -142,6 +158,14 @@ class ProviderRuntime:
 
     def __repr__(self) -> str:
         return f"ProviderRuntime({self.name!r}, {self.config.base_url!r})"
+
+    def request_line(self, method: str, path: str, client_query: str = "") -> bytes:
+        """`METHOD path?query HTTP/1.1` and the Host line; the provider's own
+        `query` parameters follow the client's. `path` is already in raw
+        (percent-encoded) form."""
+        query = "&".join(q for q in (client_query, self.query) if q)
+        target = f"{path}?{query}" if query else path
+        return f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self.host_line
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import httptools
@@ -381,7 +382,11 @@ class Connection(asyncio.Protocol):
     # -- exchange ---------------------------------------------------------------
 
     def send(
-        self, head: bytes, body: bytes, first_byte_timeout: float, head_request: bool = False
+        self,
+        head: bytes,
+        body: bytes | Sequence[bytes | memoryview],
+        first_byte_timeout: float,
+        head_request: bool = False,
     ) -> asyncio.Future:
         """Write the request; the returned future resolves to the Response head.
         `head_request`: it was a HEAD, so the answer has no body."""
@@ -404,7 +409,10 @@ class Connection(asyncio.Protocol):
         deadline = self._fb_deadline = self.loop.time() + first_byte_timeout
         if self._fb_timer is None:
             self._fb_timer = self.loop.call_at(deadline, self._first_byte_check, first_byte_timeout)
-        self.transport.writelines((head, body))  # type: ignore[union-attr]
+        if type(body) is bytes:
+            self.transport.writelines((head, body))  # type: ignore[union-attr]
+        else:  # buffers (a multipart body edited in place)
+            self.transport.writelines((head, *body))  # type: ignore[union-attr]
         return fut
 
     @property

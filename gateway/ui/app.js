@@ -287,6 +287,11 @@ function readForm() {
     // Set in YAML or through the API; the form has no field for it. (Secrets
     // such as proxy_auth need nothing: the API keeps them when left out.)
     if (editing.ca_file) body.ca_file = editing.ca_file;
+    // API options set in YAML or through the API (null/default: not set).
+    if (editing.auth_header && editing.auth_header !== "bearer") body.auth_header = editing.auth_header;
+    if (editing.query && Object.keys(editing.query).length) body.query = editing.query;
+    if (editing.endpoints) body.endpoints = editing.endpoints;
+    if (editing.passthrough) body.passthrough = editing.passthrough;
   }
   return { body, errors };
 }

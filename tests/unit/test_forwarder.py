@@ -7,7 +7,7 @@ import pytest
 
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError
-from gateway.forwarder import parse_model, request_head, response_headers, rewrite_model
+from gateway.rewrite import parse_model, request_head, response_headers, rewrite_model
 from gateway.snapshot import ProviderRuntime
 
 
@@ -97,7 +97,8 @@ def test_request_head_filtered_and_key_replaced():
             "Accept-Encoding": "gzip",
         }
     )
-    head = request_head(client, runtime(headers=(("X-Title", "t"),)), "chat/completions", "r1", 42)
+    rt = runtime(headers=(("X-Title", "t"),))
+    head = request_head(client, rt, rt.request_lines["chat/completions"], "r1", 42)
     assert head_lines(head) == [
         "POST /v1/chat/completions HTTP/1.1",
         "Host: h",
@@ -112,7 +113,8 @@ def test_request_head_filtered_and_key_replaced():
 
 def test_request_head_asks_identity_and_keeps_port_and_path():
     cfg = ProviderConfig(name="p", provider_type="custom", base_url="http://[::1]:8000/api/v1")
-    head = request_head((), ProviderRuntime(cfg, None), "embeddings", "r", 0)
+    rt = ProviderRuntime(cfg, None)
+    head = request_head((), rt, rt.request_lines["embeddings"], "r", 0)
     assert head_lines(head) == [
         "POST /api/v1/embeddings HTTP/1.1",
         "Host: [::1]:8000",
@@ -123,7 +125,10 @@ def test_request_head_asks_identity_and_keeps_port_and_path():
 
 
 def test_request_head_keeps_raw_header_bytes():
-    head = request_head([(b"X-Note", b"caf\xc3\xa9 \xff")], runtime(), "completions", "r", 0)
+    rt = runtime()
+    head = request_head(
+        [(b"X-Note", b"caf\xc3\xa9 \xff")], rt, rt.request_lines["completions"], "r", 0
+    )
     assert b"X-Note: caf\xc3\xa9 \xff\r\n" in head
 
 

@@ -1,0 +1,292 @@
+"""One upstream exchange: send on a pooled connection, relay the answer as it comes.
+
+`dispatch` tries a request's targets in order (failover before the first
+byte), `send` waits for the response head, `relay` writes status, headers
+and body to the client chunk by chunk, untouched: SSE reaches the client
+exactly as the upstream sent it. Redirects are never followed. A client
+that leaves drops the upstream connection at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from time import perf_counter
+
+from aiohttp import web
+
+from .errors import GatewayError
+from .metrics import Metrics
+from .rewrite import response_headers
+from .snapshot import ProviderRuntime
+from .upstream import Connection, Response, UpstreamError
+
+log = logging.getLogger("gateway.forwarder")
+
+
+class UpstreamFailure(Exception):
+    """No usable response from one target; `error` is what the client gets if it was the last."""
+
+    def __init__(self, kind: str, error: GatewayError):
+        self.kind = kind
+        self.error = error
+
+
+class Outcome:
+    """What happened to one request: read by metrics and the access log."""
+
+    __slots__ = ("bytes", "error_kind", "model", "overhead", "provider", "status", "ttfb")
+
+    def __init__(self) -> None:
+        self.provider = "none"
+        self.model = "other"
+        self.status = 0
+        self.ttfb: float | None = None
+        self.bytes = 0
+        self.overhead = 0.0
+        self.error_kind: str | None = None  # the stream broke after headers
+
+
+class _CoalescedResponse(web.StreamResponse):
+    """For an answer of known length: the head goes out with the first body
+    bytes in one write (aiohttp's own opt-in, as `web.Response` does), saving
+    a syscall per request. Streams keep sending their head at once."""
+
+    _send_headers_immediately = False
+
+
+# A request body: bytes, or buffers written one after another (a multipart
+# body with its `model` field replaced, without copying the file parts).
+Body = bytes | Sequence[bytes | memoryview]
+
+
+def body_length(data: Body) -> int:
+    return len(data) if type(data) is bytes else sum(len(b) for b in data)
+
+
+class Attempt:
+    """One target to try: the provider, the metrics label of its model, and what to send."""
+
+    __slots__ = ("data", "head", "head_request", "model", "runtime")
+
+    def __init__(
+        self,
+        runtime: ProviderRuntime,
+        model: str,
+        head: bytes,
+        data: Body,
+        head_request: bool = False,
+    ):
+        self.runtime = runtime
+        self.model = model
+        self.head = head
+        self.data = data
+        self.head_request = head_request
+
+
+class Exchange:
+    """The request being served: what every attempt at it shares."""
+
+    __slots__ = ("metrics", "outcome", "request", "rid", "sniff", "t0")
+
+    def __init__(
+        self,
+        request: web.Request,
+        metrics: Metrics,
+        rid: str,
+        outcome: Outcome,
+        t0: float,
+    ):
+        self.request = request
+        self.metrics = metrics
+        self.rid = rid
+        self.outcome = outcome
+        self.t0 = t0
+        # Called with (runtime, body bytes) of a 2xx answer, chunk by chunk
+        # until it returns True: a side copy for answers that later requests
+        # refer to (response ids). None for every other endpoint.
+        self.sniff: Callable[[ProviderRuntime, bytes], bool] | None = None
+
+
+def retry_on_overload(status: int) -> bool:
+    """The next target may do better after a 429 or a 5xx."""
+    return status == 429 or status >= 500
+
+
+async def dispatch(
+    ex: Exchange,
+    attempts: Iterable[Attempt],
+    count: int,
+    try_next: Callable[[int], bool] = retry_on_overload,
+    failover_label: str | None = None,
+) -> web.StreamResponse:
+    """Try `attempts` in order until one answers with a status the client
+    should get (`try_next` false, or the last target); relay that answer.
+
+    Nothing has reached the client when the next target is tried."""
+    metrics, outcome = ex.metrics, ex.outcome
+    last = count - 1
+    for i, attempt in enumerate(attempts):
+        runtime = attempt.runtime
+        name = runtime.name
+        outcome.provider = name
+        outcome.model = attempt.model
+        metrics.stream_started(name)
+        try:
+            before_upstream = perf_counter() - ex.t0
+            t_sent = perf_counter()
+            try:
+                conn, upstream = await send(runtime, attempt)
+            except UpstreamFailure as exc:
+                metrics.upstream_error(name, exc.kind)
+                if i < last:
+                    if failover_label is not None:
+                        metrics.failover(failover_label)
+                    continue
+                outcome.overhead = before_upstream
+                raise exc.error from None
+            if i < last and try_next(upstream.status):
+                runtime.pool.release(conn, reuse=False)
+                metrics.upstream_error(name, "status")
+                if failover_label is not None:
+                    metrics.failover(failover_label)
+                continue
+            return await relay(ex, runtime, conn, upstream, t_sent, before_upstream)
+        finally:
+            metrics.stream_ended(name)
+    raise GatewayError(404, "No provider to send this request to", "provider_not_found")
+
+
+def _failure(runtime: ProviderRuntime, exc: UpstreamError) -> UpstreamFailure:
+    """An upstream error before any response byte, as the client will see it."""
+    name = runtime.name
+    t = runtime.config.timeouts
+    kind = exc.kind
+    if kind == "connect_timeout":
+        message = f"Provider '{name}' did not accept a connection within {t.connect:g}s"
+        return UpstreamFailure(kind, GatewayError(504, message, "upstream_connect_timeout"))
+    if kind == "first_byte_timeout":
+        message = f"Provider '{name}' sent no response within {t.first_byte:g}s"
+        return UpstreamFailure(kind, GatewayError(504, message, "upstream_timeout"))
+    if kind == "connect":
+        where = f"{runtime.base_url.host}:{runtime.base_url.port}"
+        message = f"Cannot connect to provider '{name}' at {where}: {exc}"
+        return UpstreamFailure(kind, GatewayError(502, message, "upstream_unreachable"))
+    if kind == "protocol":  # unsafe framing; `exc` names the problem, never a whole value
+        message = f"Provider '{name}' failed: {exc}"
+        return UpstreamFailure(kind, GatewayError(502, message, "upstream_protocol_error"))
+    message = f"Provider '{name}' failed: {exc}"
+    return UpstreamFailure(kind, GatewayError(502, message, "upstream_error"))
+
+
+async def send(runtime: ProviderRuntime, attempt: Attempt) -> tuple[Connection, Response]:
+    """Send the request on a pooled connection and wait for the response head.
+
+    A reused keep-alive connection that the upstream had already closed
+    fails before any response byte; the request is then sent once more on a
+    fresh connection (the upstream never saw it). Raises UpstreamFailure.
+    """
+    pool = runtime.pool
+    first_byte = runtime.config.timeouts.first_byte
+    for try_no in (0, 1):
+        try:
+            conn = await pool.acquire()
+        except UpstreamError as exc:
+            raise _failure(runtime, exc) from None
+        try:
+            return conn, await conn.send(
+                attempt.head, attempt.data, first_byte, attempt.head_request
+            )
+        except UpstreamError as exc:
+            pool.release(conn, reuse=False)
+            if try_no == 0 and exc.kind == "reset" and exc.before_response and conn.reused:
+                continue
+            raise _failure(runtime, exc) from None
+        except BaseException:
+            pool.release(conn, reuse=False)  # cancelled: the client left
+            raise
+    raise AssertionError("unreachable")
+
+
+async def relay(
+    ex: Exchange,
+    runtime: ProviderRuntime,
+    conn: Connection,
+    upstream: Response,
+    t_sent: float,
+    before_upstream: float,
+) -> web.StreamResponse:
+    """Send the upstream's status, headers and body to the client as they come."""
+    request, rid, outcome = ex.request, ex.rid, ex.outcome
+    sniff = ex.sniff if 200 <= upstream.status < 300 else None
+    t_headers = perf_counter()
+    finished = False
+    try:
+        status = upstream.status
+        if 300 <= status < 400:
+            raise GatewayError(
+                502,
+                f"Provider '{runtime.name}' answered with a redirect ({status}); the "
+                "gateway never follows redirects (the provider's key would go along): "
+                "fix base_url",
+                "upstream_redirect",
+            )
+        # Headers are in: from now on the limit is the gap between chunks.
+        upstream.set_idle_timeout(runtime.config.timeouts.idle)
+        headers = response_headers(upstream.headers)
+        if status in (204, 304):  # no body, whatever the upstream's length said
+            headers.popall("Content-Length", None)
+        upstream_rid = headers.get("X-Request-Id")
+        if upstream_rid is not None and upstream_rid != rid:
+            headers["X-Upstream-Request-Id"] = upstream_rid
+        headers["X-Request-Id"] = rid
+        overhead = before_upstream + (perf_counter() - t_headers)
+        headers["X-Gateway-Overhead-Ms"] = f"{overhead * 1000:.3f}"
+        outcome.overhead = overhead
+        outcome.status = status
+        kind = _CoalescedResponse if "Content-Length" in headers else web.StreamResponse
+        out = kind(status=status, reason=upstream.reason, headers=headers)
+        await out.prepare(request)
+        read = upstream.read
+        write = out.write
+        nbytes = 0
+        try:
+            while True:
+                try:
+                    chunk = await read()
+                except UpstreamError as exc:
+                    # Bytes are already out: the status can no longer change.
+                    # Cut the connection so the client sees a broken stream,
+                    # not a clean end.
+                    log.warning(
+                        "request %s: provider '%s' stream broke after headers: %s",
+                        rid,
+                        runtime.name,
+                        exc,
+                    )
+                    outcome.error_kind = exc.kind
+                    out.force_close()
+                    if request.transport is not None:
+                        request.transport.close()
+                    return out
+                if not chunk:
+                    break
+                if not nbytes:
+                    outcome.ttfb = perf_counter() - t_sent
+                if sniff is not None and sniff(runtime, chunk):
+                    sniff = None
+                nbytes += len(chunk)
+                try:
+                    await write(chunk)
+                except ConnectionError:
+                    return out  # the client went away; `finally` drops the upstream
+        finally:
+            outcome.bytes = nbytes
+        await out.write_eof()
+        finished = True
+        return out
+    finally:
+        # A finished exchange keeps its connection for the next request;
+        # anything else (client gone, broken stream) drops it at once, so the
+        # model stops generating for a client that is gone.
+        runtime.pool.release(conn, reuse=finished)
