@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import anthropic
 import openai
 import orjson
 import pytest
@@ -152,7 +153,8 @@ async def background(tmp_path: Path, name: str, *args: str) -> AsyncIterator[Bac
 
 
 def readme_sdk_snippet(base_url: str) -> tuple[str, list[str]]:
-    """The README's Python SDK example, collecting instead of printing."""
+    """The README's Python SDK examples (chat, Responses, Anthropic), collecting
+    instead of printing."""
     client = openai.OpenAI(base_url=base_url, api_key="unused")
     try:
         stream = client.chat.completions.create(
@@ -162,8 +164,20 @@ def readme_sdk_snippet(base_url: str) -> tuple[str, list[str]]:
         )
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
         ids = [m.id for m in client.models.list()]
+        response = client.responses.create(model="demo/demo-chat", input="Hello!")
+        assert response.output_text == README_REPLY
     finally:
         client.close()
+    claude = anthropic.Anthropic(base_url=base_url.removesuffix("/v1"), api_key="unused")
+    try:
+        message = claude.messages.create(
+            model="demo/demo-chat",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "Hello!"}],
+        )
+        assert message.content[0].text == README_REPLY
+    finally:
+        claude.close()
     return text, ids
 
 
