@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import orjson
@@ -29,6 +30,7 @@ from .snapshot import Snapshot, SnapshotHolder
 from .ui_routes import add_ui_routes
 
 HOLDER = web.AppKey("holder", SnapshotHolder)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Lifecycle:
@@ -171,19 +173,49 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-async def drop_own_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """Send no `Server` header of the gateway's own (it adds nothing but a
-    fingerprint), while an upstream's own passes through a proxied answer.
+def response_head_hook(
+    holder: SnapshotHolder,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """aiohttp's `on_response_prepare` callback: the last touches to every
+    routed response's head (handlers, the catch-all 404, aiohttp's 500 for
+    an exception), run before it is sent, streamed answers included. One
+    callback for both jobs, so that CORS off costs one `is None` test.
 
+    No `Server` header of the gateway's own (it adds nothing but a
+    fingerprint), while an upstream's own passes through a proxied answer:
     aiohttp fills it in with `headers.setdefault(SERVER, SERVER_SOFTWARE)`
-    just before this signal. An identity test tells that default apart from
-    an upstream's header: that one is a new str parsed from the upstream's
-    bytes, even when its text is the same. This public signal runs for every
-    routed response (handlers, the catch-all 404, aiohttp's 500 for an
-    exception), with no monkeypatching of aiohttp's module globals.
+    just before this signal, and an identity test tells that default apart
+    from an upstream's header (a new str parsed from the upstream's bytes,
+    even when its text is the same). No monkeypatching of aiohttp's globals.
+
+    CORS headers from the live config, so that a reload turns them on or off.
     """
-    if response.headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
-        del response.headers[hdrs.SERVER]
+
+    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        if headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
+            del headers[hdrs.SERVER]
+        cors = holder.current.config.cors
+        if cors is not None:
+            cors.decorate(request, headers)
+
+    return on_response_prepare
+
+
+def answer_preflight(fallback: Handler) -> Handler:
+    """The OPTIONS handler of a route: a CORS preflight is answered here,
+    before auth (a browser sends no credentials with one); any other OPTIONS
+    request, or any with CORS off, goes to `fallback` as it always did."""
+
+    async def options(request: web.Request) -> web.StreamResponse:
+        cors = request.app[HOLDER].current.config.cors
+        if cors is not None:
+            answer = cors.preflight(request)
+            if answer is not None:
+                return answer
+        return await fallback(request)
+
+    return options
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -197,7 +229,7 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
     app[HOLDER] = holder
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle()
-    app.on_response_prepare.append(drop_own_server_header)
+    app.on_response_prepare.append(response_head_hook(holder))
     r = app.router
     if reloader is not None:
         app[RELOADER] = reloader
@@ -214,6 +246,8 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
     r.add_delete(responses, _by_response_id)
     r.add_post(responses + "/cancel", _by_response_id)
     r.add_get(responses + "/input_items", _by_response_id, allow_head=False)
+    # A method's own route wins over "*" on one path (and must come first).
+    r.add_route("OPTIONS", "/providers/{name}/{tail:.*}", answer_preflight(_passthrough))
     r.add_route("*", "/providers/{name}/{tail:.*}", _passthrough)
     r.add_get("/v1/models", models_list)
     r.add_get("/v1/models/{model_id:.+}", models_get)
@@ -221,6 +255,8 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     add_ui_routes(app)  # before the catch-all: routes match in order
+    # Model-routed paths, /v1/models... have no OPTIONS route: theirs end here.
+    r.add_route("OPTIONS", "/{tail:.*}", answer_preflight(not_found))
     r.add_route("*", "/{tail:.*}", not_found)
 
     async def close_pools(app: web.Application) -> None:

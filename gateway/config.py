@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from yarl import URL
 
+from .cors import CorsConfig, parse_cors
 from .headercheck import header_name_problem, header_value_problem, printable
 from .provider_api import DEFAULT_API, ApiOptions, parse_api_options
 
@@ -194,6 +195,7 @@ class GatewayConfig:
     # alias -> ((provider, model), ...) tried in order until one answers
     aliases: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     access_log: AccessLog = AccessLog()
+    cors: CorsConfig | None = None  # None: CORS off (gateway/cors.py)
     files: tuple[Path, ...] = ()  # every file read, for the reload watcher
     digest: str = ""  # a hash of those files' contents as they were read
 
@@ -223,6 +225,7 @@ TOP_KEYS = {
     "limits",
     "models",
     "access_log",
+    "cors",
 }
 # A provider's fields, in the order a person would write them (the admin API
 # writes fragments in this order).
@@ -684,6 +687,8 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
                         values[key] = float(v)
             models = ModelsSettings(**values)
 
+    cors = parse_cors(parser, data.get("cors"), path)
+
     providers: list[ProviderConfig] = []
     raw_providers = data.get("providers") or []
     if not isinstance(raw_providers, list):
@@ -757,6 +762,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         models=models,
         aliases=MappingProxyType(aliases),
         access_log=access_log,
+        cors=cors,
         files=tuple(files),
         digest=parser.digest.hexdigest()[:16],
     )

@@ -4,7 +4,7 @@ The request body is parsed only to read `model`; if the model needs a new
 name upstream, just that JSON string is replaced in the raw bytes (no
 re-encoding of the prompt). Request heads are built from the client's raw
 header bytes, minus hop-by-hop headers and credentials, plus the
-provider's own; response headers lose hop-by-hop ones and cookies.
+provider's own; response headers lose hop-by-hop ones, cookies and CORS.
 """
 
 from __future__ import annotations
@@ -45,8 +45,24 @@ _DROP_FROM_CLIENT = HOP_BY_HOP | {
     "cookie",
 }
 _DROP_FROM_CLIENT_RAW = frozenset(h.encode() for h in _DROP_FROM_CLIENT)
-# Cookies are per client; an upstream's must not reach every client.
-_DROP_FROM_UPSTREAM = HOP_BY_HOP | {"set-cookie"}
+# Cookies are per client; an upstream's must not reach every client. The
+# gateway's `cors:` is the only CORS policy, on or off: an upstream's own
+# (vLLM and LiteLLM allow every origin by default) must not open the gateway
+# to every web page. These are all the CORS response headers (Fetch, and
+# Private Network Access).
+_CORS_RESPONSE_HEADERS = frozenset(
+    "access-control-" + h
+    for h in (
+        "allow-origin",
+        "allow-credentials",
+        "allow-methods",
+        "allow-headers",
+        "expose-headers",
+        "max-age",
+        "allow-private-network",
+    )
+)
+_DROP_FROM_UPSTREAM = HOP_BY_HOP | {"set-cookie"} | _CORS_RESPONSE_HEADERS
 
 
 def _connection_tokens(value: str | None) -> frozenset[str]:
@@ -98,7 +114,7 @@ def request_head(
 
 
 def response_headers(pairs) -> CIMultiDict:
-    """The upstream's response headers minus hop-by-hop ones and cookies."""
+    """The upstream's response headers minus hop-by-hop, cookie and CORS ones."""
     drop: frozenset[str] = frozenset()
     for name, value in pairs:
         if name.lower() == "connection":
