@@ -33,6 +33,8 @@ _TABLE = (
     Endpoint("completions", "completions"),
     Endpoint("embeddings", "embeddings"),
     Endpoint("responses", "responses", remembers_ids=True),
+    Endpoint("responses/input_tokens", "responses/input_tokens"),
+    Endpoint("responses/compact", "responses/compact"),
     Endpoint("messages", "messages"),
     Endpoint("messages/count_tokens", "messages/count_tokens"),
     Endpoint("rerank", "rerank"),

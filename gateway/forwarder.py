@@ -142,15 +142,25 @@ async def _forward(ex: Exchange, snapshot: Snapshot, endpoint: Endpoint) -> web.
             return rewrite_model(body, payload, upstream_model)
 
     targets = _serving(await route(snapshot, model), endpoint, model)
+    query = request.raw_path.partition("?")[2]
 
     def attempts() -> Iterator[Attempt]:
         for runtime, upstream_model in targets:
             data = body if upstream_model == model else renamed(upstream_model)
-            line = runtime.request_lines[endpoint.name]
+            line = _request_line(runtime, endpoint, query)
             head = request_head(request.raw_headers, runtime, line, ex.rid, body_length(data))
             yield Attempt(runtime, model_label(runtime, upstream_model), head, data)
 
     return await dispatch(ex, attempts(), len(targets), failover_label=model)
+
+
+def _request_line(runtime: ProviderRuntime, endpoint: Endpoint, query: str) -> bytes:
+    """The provider's prebuilt line, or one carrying the client's query string
+    verbatim (`/v1/messages?beta=true`), the provider's own `query` after it."""
+    if not query:
+        return runtime.request_lines[endpoint.name]
+    base = runtime.origin_prefix if endpoint.root else runtime.base_path
+    return runtime.request_line("POST", f"{base}/{endpoint.upstream}", query)
 
 
 def _serving(targets: tuple[Target, ...], endpoint: Endpoint, model: str) -> tuple[Target, ...]:

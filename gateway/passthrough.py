@@ -159,6 +159,13 @@ async def by_response_id(
                 )
                 yield Attempt(runtime, "other", head, first.data)
 
+        if len(candidates) > 1:
+            # Found by asking around: remember the one that knew it.
+            def found(runtime: ProviderRuntime, chunk: bytes) -> bool:
+                owners.remember(response_id, runtime.name)
+                return True
+
+            ex.sniff = found
         # A 404 means "not mine": ask the next provider.
         return await dispatch(ex, attempts(), len(candidates), lambda s: s == 404)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
@@ -94,6 +95,8 @@ def _query(parser: _Reporter, value: object, file: Any, pname: str) -> tuple[tup
     pairs = []
     for name, v in value.items():
         field = f"query.{str(name)[:64]}"
+        if type(v) is date:  # YAML reads an unquoted `api-version: 2024-10-21` as a date
+            v = v.isoformat()
         if not isinstance(name, str) or not _QUERY_NAME.match(name):
             parser.problem(
                 file, "a parameter name: letters, digits, '.', '_', '~', '-'", pname, field

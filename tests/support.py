@@ -44,6 +44,7 @@ class Recorded:
     path: str
     headers: CIMultiDictProxy
     body: bytes
+    raw_path: str = ""  # the request target as received: path and query, undecoded
 
     def json(self) -> dict:
         return orjson.loads(self.body)
@@ -82,7 +83,9 @@ class Upstream:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Recorded(request.method, request.path, request.headers, body))
+        self.requests.append(
+            Recorded(request.method, request.path, request.headers, body, request.raw_path)
+        )
         if request.path.endswith("/models") and request.method == "GET" and self.models is not None:
             data = [
                 {"id": m, "object": "model", "created": 1, "owned_by": "up"} for m in self.models
