@@ -142,12 +142,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     The limit is checked here, not through aiohttp's `client_max_size`, so a
     reload can change it.
     """
-    inflaters = [_Inflater(c) for c in parse_codings(request.headers.get("Content-Encoding"))]
+    coding = request.headers.get("Content-Encoding")
     length = request.content_length
     if length is not None and length > limit:
         raise GatewayError(
             413, f"The request body is {length} bytes; the limit is {limit}", "request_too_large"
         )
+    if coding is None and length is not None:
+        # The common case, a plain body of known size within the limit: one
+        # read. (aiohttp's own cap, client_max_size, is far above any limit.)
+        return await request.read()
+    inflaters = [_Inflater(c) for c in parse_codings(coding)]
     chunks = []
     raw = decoded = 0
     try:

@@ -77,6 +77,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self._parser: httptools.HttpResponseParser | None = None
+        self._parser_ready = False  # `_parser` saw its last response end
         self._state = _DONE
         self._head_request = False
         self._keep_alive = True
@@ -114,6 +115,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._parser = None  # it refers back to us
+        self._parser_ready = False
         self.pool._forget(self)
         self._cancel_all_timers()
         if self._state == _UNTIL_CLOSE and exc is None:  # a reset is a cut, not the end
@@ -259,7 +261,12 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         # In _HEAD an interim answer ended; in _DONE a head-only one.
-        if self._state == _BODY:
+        state = self._state
+        # llhttp is ready for the next response on this connection only when
+        # it, too, saw this one end (a HEAD answer's Content-Length would
+        # leave it waiting for a body).
+        self._parser_ready = state == _BODY or (state == _DONE and not self._head_request)
+        if state == _BODY:
             self._finish()
 
     def _not_ours(self) -> None:
@@ -405,7 +412,11 @@ class Connection(asyncio.Protocol):
             # Closed after acquire(): nothing would ever answer; say so now.
             self._fail(UpstreamError("reset", "the upstream had closed the connection"))
             return fut
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._parser_ready:
+            # A parser per connection, kept across keep-alive exchanges (a new
+            # one costs microseconds); a fresh one after anything unusual.
+            self._parser = httptools.HttpResponseParser(self)
+        self._parser_ready = False
         deadline = self._fb_deadline = self.loop.time() + first_byte_timeout
         if self._fb_timer is None:
             self._fb_timer = self.loop.call_at(deadline, self._first_byte_check, first_byte_timeout)
