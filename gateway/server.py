@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -59,6 +60,22 @@ class RedactMalformedRequests(logging.Filter):
 
 
 _REDACT = RedactMalformedRequests()
+
+
+def tune_gc() -> None:
+    """Freeze what start-up made and collect the young generation less often.
+
+    Each request allocates a few dozen short-lived tracked objects (futures,
+    coroutines, header maps); with the default threshold (700) the collector
+    ran every ~30 requests at c=64 and, measured with the bench's wrk load,
+    took the gateway from ~70 to ~100 us of CPU per request. Almost nothing
+    here forms cycles (refcounting frees it), so a larger threshold costs
+    little memory; `freeze` keeps the ~45,000 start-up objects (modules,
+    config) out of every full collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
 
 
 async def start_gateway(
@@ -130,6 +147,7 @@ async def serve(
         runner = await start_gateway(holder, host, port, shutdown_grace, reloader, reuse_port)
         if metrics_board is not None:
             publisher = metrics_board.attach(worker_index, runner.app[METRICS])
+        tune_gc()
         log.info(
             "gateway listening on http://%s:%d/v1 with %d provider(s) (config %s)",
             host,
