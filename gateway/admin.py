@@ -27,6 +27,7 @@ from .models import UpstreamListError, fetch_upstream_models
 from .provider_api import DEFAULT_PASSTHROUGH
 from .redact import MASK, SECRETISH_HEADER
 from .reload import Reloader
+from .request_body import read_body
 from .secrets import SecretError, SecretResolver
 from .snapshot import ProviderRuntime, Snapshot
 
@@ -128,9 +129,14 @@ def _check_writable(snapshot: Snapshot) -> Path:
     return snapshot.config.include  # type: ignore[return-value]
 
 
+# A provider record is a few hundred bytes; this bounds what a caller with
+# the token can make the gateway hold.
+ADMIN_BODY_LIMIT = 1 << 20
+
+
 async def _body(request: web.Request) -> dict:
     try:
-        data = orjson.loads(await request.read())
+        data = orjson.loads(await read_body(request, ADMIN_BODY_LIMIT))
     except orjson.JSONDecodeError:
         raise _error(400, "The request body is not valid JSON", "invalid_json") from None
     if not isinstance(data, dict):
@@ -359,7 +365,7 @@ async def verify_provider(request: web.Request) -> web.Response:
     snapshot = authorize(request)
     runtime = _runtime(snapshot, request.match_info["name"])
     try:
-        body = orjson.loads(await request.read() or b"{}")
+        body = orjson.loads(await read_body(request, ADMIN_BODY_LIMIT) or b"{}")
     except orjson.JSONDecodeError:
         body = {}
     model = body.get("model") if isinstance(body, dict) else None
@@ -388,7 +394,8 @@ async def verify_provider(request: web.Request) -> web.Response:
             timeout=timeout,
         ) as resp:
             # Redacted before the cut to 500 characters: a key across it is not half shown.
-            text = runtime.redact((await resp.read())[:65536].decode("utf-8", "replace"))[:500]
+            start = await resp.content.read(65536)  # an error page: the start is enough
+            text = runtime.redact(start.decode("utf-8", "replace"))[:500]
             if resp.status == 200:
                 return _json({"valid": True, "model": model})
             return _json({"valid": False, "model": model, "error": f"HTTP {resp.status}: {text}"})

@@ -19,6 +19,10 @@ from .config import ModelsSettings
 from .snapshot import ProviderRuntime, Snapshot
 
 log = logging.getLogger("gateway.models")
+# Bounds on what an upstream's /models answer may make the gateway hold:
+# OpenRouter lists a few hundred models in ~0.5 MB.
+MAX_LIST_BYTES = 16 << 20
+MAX_MODELS = 10_000
 
 
 class UpstreamListError(Exception):
@@ -68,7 +72,7 @@ async def _fetch(runtime: ProviderRuntime, timeout: float) -> list[dict]:
             proxy_headers=runtime.proxy_headers(),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
-            body = await resp.read()
+            body = await _read_bounded(resp, url)
             if resp.status != 200:
                 text = body[:2000].decode("utf-8", "replace")
                 raise UpstreamListError(
@@ -85,7 +89,27 @@ async def _fetch(runtime: ProviderRuntime, timeout: float) -> list[dict]:
     items = data.get("data") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise UpstreamListError(f"{url} answered JSON without a 'data' list")
-    return [m for m in items if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    models = [m for m in items if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    if len(models) > MAX_MODELS:
+        # Ids become metric labels and /v1/models entries: keep them bounded.
+        log.warning(
+            "%s listed %d models; the gateway keeps the first %d", url, len(models), MAX_MODELS
+        )
+        models = models[:MAX_MODELS]
+    return models
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, url: object) -> bytes:
+    """The body, refusing more than MAX_LIST_BYTES: a list is never that big."""
+    body = await resp.content.read(MAX_LIST_BYTES + 1)
+    while len(body) <= MAX_LIST_BYTES and not resp.content.at_eof():
+        more = await resp.content.read(MAX_LIST_BYTES + 1 - len(body))
+        if not more:
+            break
+        body += more
+    if len(body) > MAX_LIST_BYTES:
+        raise UpstreamListError(f"{url} answered more than {MAX_LIST_BYTES} bytes")
+    return body
 
 
 async def provider_models(runtime: ProviderRuntime, settings: ModelsSettings) -> list[dict]:
