@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check without the private key: sealed values against this seal.pub "
         "(key id and scope), plain-text secrets refused; repeat during a rotation",
     )
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail on warnings (a config with no providers)",
+    )
 
     keygen = sub.add_parser("keygen", help="create a key pair for sealing secrets")
     keygen.add_argument(
@@ -190,8 +195,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         snapshot, problems = full_check(path)
         if snapshot is not None:
+            n = len(snapshot.providers)
             names = ", ".join(snapshot.providers) or "none"
-            ok = f"{path}: OK ({len(snapshot.providers)} providers: {names})"
+            ok = f"{path}: OK ({n} provider{'s' * (n != 1)}: {names})"
+            if not n:
+                # Valid, but a gateway with nothing to route to: often a
+                # wrong `include:` path or an empty ConfigMap.
+                print(f"{path}: warning: no providers are configured", file=sys.stderr)
+                if args.strict:
+                    problems = ["no providers are configured (--strict)"]
     if problems:
         n = len(problems)
         lines = "\n".join(f"  - {p}" for p in problems)

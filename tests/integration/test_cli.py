@@ -237,8 +237,20 @@ async def test_serve_demo_runs_the_readme_quick_start(tmp_path):
 async def test_check_example_config_is_ok():
     code, out, err = await run_cli("check", "--config", "config/gateway.yaml")
     assert code == 0, err
-    assert "OK" in out
+    assert "OK (1 provider: demo)" in out
     assert "demo" in out
+
+
+async def test_check_warns_on_no_providers_and_fails_with_strict(tmp_path):
+    config = tmp_path / "empty.yaml"
+    config.write_text("providers: []\n")
+    code, out, err = await run_cli("check", "--config", str(config))
+    assert code == 0, err
+    assert "OK (0 providers: none)" in out
+    assert "warning: no providers are configured" in err
+    code, _, err = await run_cli("check", "--strict", "--config", str(config))
+    assert code == 1
+    assert "no providers are configured (--strict)" in err
 
 
 BROKEN_MAIN = """
