@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import SERVER_SOFTWARE
 
 from .errors import error_body
 
@@ -63,6 +64,18 @@ RESPONSE_408 = _raw_response(
 RESPONSE_503 = _raw_response(
     503, "Service Unavailable", "too many open connections", "too_many_connections"
 )
+
+
+class _BareResponse(web.Response):
+    """A response with no `Server` header of the gateway's own. The app's
+    `on_response_prepare` hook removes it elsewhere; these answers are made
+    before any app is involved, so the header is dropped right after aiohttp
+    sets it (`_prepare_headers`, aiohttp 3.14, as pinned in pyproject)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if self._headers.get(hdrs.SERVER) is SERVER_SOFTWARE:
+            del self._headers[hdrs.SERVER]
 
 
 class GuardedHandler(web.RequestHandler):
@@ -235,6 +248,35 @@ class GuardedHandler(web.RequestHandler):
         self._counted = True  # in guard.lingering (not guard.open) while REFUSED
         transport.write_eof()
         self._timer = self._loop.call_later(LINGER, transport.abort)
+
+    # -- errors aiohttp answers itself ---------------------------------------
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a malformed request (or a handler crash), made
+        OpenAI-shaped like every other error of the gateway's own. The
+        parser's message is not repeated: it quotes the bytes it choked on,
+        which may be the start of a key."""
+        plain = super().handle_error(request, status, exc, message)  # logs, and checks
+        kind = type(exc).__name__ if exc is not None else "error"
+        if status == 500:
+            text, code = "Internal error in the gateway", "internal_error"
+        elif status == 504:
+            text, code = "The request timed out in the gateway", "timeout"
+        else:
+            text, code = f"Malformed HTTP request ({kind})", "malformed_request"
+        resp = _BareResponse(
+            status=plain.status,
+            body=error_body(plain.status, text, code),
+            content_type="application/json",
+        )
+        resp.force_close()
+        return resp
 
     # -- phases and the timer ------------------------------------------------
 
