@@ -637,7 +637,8 @@ def test_gateway_check_passes_on_the_pod_layout_with_the_example_key(kust, tmp_p
     code, out = gateway_check(config, env)
     assert code == 0, out
     providers = sorted(p.stem for p in (kust.root / "config" / "providers.d").glob("*.yaml"))
-    assert f"OK ({len(providers)} providers: {', '.join(providers)})" in out
+    n = len(providers)
+    assert f"OK ({n} provider{'s' * (n != 1)}: {', '.join(providers)})" in out
     for plain in EXAMPLE_PLAINTEXTS:
         assert plain not in out
 
