@@ -20,7 +20,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from .admin import add_admin_routes
 from .endpoints import Endpoint, gateway_paths
 from .errors import GatewayError, error_response
-from .forwarder import forward
+from .forwarder import ANONYMOUS, CLIENT, forward
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .models import find_model, list_models
@@ -50,10 +50,12 @@ RELOADER = web.AppKey("reloader", Reloader)
 _CLIENT_MAX_SIZE = 1 << 40
 
 
-def check_auth(request: web.Request, snapshot: Snapshot) -> None:
+def check_auth(request: web.Request, snapshot: Snapshot) -> str:
+    """Raise 401 unless the request carries a valid key; return the key's
+    client name (`anonymous` when the gateway is open), never the key."""
     keys = snapshot.auth_keys
     if keys is None:
-        return
+        return ANONYMOUS
     headers = request.headers
     scheme, _, token = headers.get(hdrs.AUTHORIZATION, "").partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
@@ -66,11 +68,15 @@ def check_auth(request: web.Request, snapshot: Snapshot) -> None:
             "Missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
             "missing_api_key",
         )
-    ok = False
-    for key in keys:  # no short-circuit: the time taken says nothing about which key
-        ok |= key.matches(token)
-    if not ok:
+    found = None
+    names = snapshot.config.auth.names if snapshot.config.auth else ()
+    # No short-circuit: the time taken says nothing about which key matched.
+    for i, key in enumerate(keys):
+        if key.matches(token):
+            found = i
+    if found is None:
         raise GatewayError(401, "Invalid API key", "invalid_api_key")
+    return names[found] if found < len(names) else f"key-{found + 1}"
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -81,7 +87,7 @@ async def _proxy(endpoint: Endpoint, request: web.Request) -> web.StreamResponse
     holder = request.app[HOLDER]
     snapshot = holder.acquire()
     try:
-        check_auth(request, snapshot)
+        request[CLIENT] = check_auth(request, snapshot)
         # forward() returns only after the last byte is written, so the
         # lease covers the whole stream.
         sniff = request.app[OWNERS].sniffer() if endpoint.remembers_ids else None
@@ -96,7 +102,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
     holder = request.app[HOLDER]
     snapshot = holder.acquire()
     try:
-        check_auth(request, snapshot)
+        request[CLIENT] = check_auth(request, snapshot)
         return await passthrough(request, snapshot, request.app[METRICS])
     except GatewayError as exc:
         return exc.response()
@@ -108,7 +114,7 @@ async def _by_response_id(request: web.Request) -> web.StreamResponse:
     holder = request.app[HOLDER]
     snapshot = holder.acquire()
     try:
-        check_auth(request, snapshot)
+        request[CLIENT] = check_auth(request, snapshot)
         return await by_response_id(request, snapshot, request.app[METRICS], request.app[OWNERS])
     except GatewayError as exc:
         return exc.response()

@@ -131,6 +131,9 @@ class ProviderConfig:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     api_keys: tuple[SecretRef, ...]
+    # One per key, the `client` label of metrics and the access log: the
+    # entry's `name`, or `key-N` (its position from 1) for a plain entry.
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +574,38 @@ def include_files(include_dir: Path) -> list[Path]:
     )
 
 
+def _auth_config(parser: _Parser, raw: Any, path: Path) -> AuthConfig | None:
+    """`auth.api_keys`: plain secrets (named key-1, key-2... by position) or
+    `{name: team-a, key: <secret>}` mappings."""
+    if not isinstance(raw, Mapping):
+        parser.problem(path, "must be a mapping with api_keys", field="auth")
+        return None
+    parser.unknown_keys(raw, {"api_keys"}, path, prefix="auth.")
+    keys = raw.get("api_keys")
+    if not isinstance(keys, list) or not keys:
+        parser.problem(path, "must be a non-empty list", field="auth.api_keys")
+        return None
+    refs, names = [], []
+    for i, entry in enumerate(keys):
+        where = name_field = key_field = f"auth.api_keys[{i}]"
+        name, value = f"key-{i + 1}", entry
+        if isinstance(entry, Mapping):
+            parser.unknown_keys(entry, {"name", "key"}, path, prefix=f"{where}.")
+            name, value = entry.get("name"), entry.get("key")
+            name_field, key_field = f"{where}.name", f"{where}.key"
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                message = "required: a slug of lowercase letters, digits, '-' and '_' (max 63)"
+                parser.problem(path, message, field=name_field)
+                name = None
+        if name is not None and name in names:
+            parser.problem(path, f"duplicate client name '{name}'", field=name_field)
+        refs.append(parser.secret(value, file=path, field=key_field, scope="auth"))
+        names.append(name)
+    if not all(refs) or None in names or len(set(names)) != len(names):
+        return None
+    return AuthConfig(tuple(refs), tuple(names))
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and validate the config file and its fragments. Raises ConfigError."""
     path = Path(path)
@@ -602,21 +637,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
 
     auth = None
     if data.get("auth") is not None:
-        raw = data["auth"]
-        if not isinstance(raw, Mapping):
-            parser.problem(path, "must be a mapping with api_keys", field="auth")
-        else:
-            parser.unknown_keys(raw, {"api_keys"}, path, prefix="auth.")
-            keys = raw.get("api_keys")
-            if not isinstance(keys, list) or not keys:
-                parser.problem(path, "must be a non-empty list", field="auth.api_keys")
-            else:
-                refs = [
-                    parser.secret(k, file=path, field=f"auth.api_keys[{i}]", scope="auth")
-                    for i, k in enumerate(keys)
-                ]
-                if all(refs):
-                    auth = AuthConfig(tuple(refs))
+        auth = _auth_config(parser, data["auth"], path)
 
     admin = None
     if data.get("admin") is not None:

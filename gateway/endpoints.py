@@ -26,16 +26,18 @@ class Endpoint:
     root: bool = False  # the upstream serves it at its root, not under base_url's path
     # Answers that carry an id later requests (GET /v1/responses/{id}) refer to.
     remembers_ids: bool = False
+    # Answers that report token usage: counted from a side copy (usage.py).
+    usage: bool = False
 
 
 _TABLE = (
-    Endpoint("chat/completions", "chat/completions"),
-    Endpoint("completions", "completions"),
-    Endpoint("embeddings", "embeddings"),
-    Endpoint("responses", "responses", remembers_ids=True),
+    Endpoint("chat/completions", "chat/completions", usage=True),
+    Endpoint("completions", "completions", usage=True),
+    Endpoint("embeddings", "embeddings", usage=True),
+    Endpoint("responses", "responses", remembers_ids=True, usage=True),
     Endpoint("responses/input_tokens", "responses/input_tokens"),
     Endpoint("responses/compact", "responses/compact"),
-    Endpoint("messages", "messages"),
+    Endpoint("messages", "messages", usage=True),
     Endpoint("messages/count_tokens", "messages/count_tokens"),
     Endpoint("rerank", "rerank"),
     Endpoint("score", "score"),

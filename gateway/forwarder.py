@@ -30,10 +30,14 @@ from .request_body import read_body
 from .rewrite import parse_model, request_head, rewrite_model
 from .router import Target, route
 from .snapshot import ProviderRuntime, Snapshot
+from .usage import UsageTail
 
 log = logging.getLogger("gateway.forwarder")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _access_log = logging.getLogger("gateway.access")
+# The client's name from its key (auth.api_keys), set by the app's auth check.
+CLIENT = web.RequestKey("client", str)
+ANONYMOUS = "anonymous"
 
 Run = Callable[[Exchange, Snapshot], Awaitable[web.StreamResponse]]
 
@@ -68,6 +72,7 @@ async def handle(
         # A UUID: some servers (llama-cpp-python) refuse any other X-Request-Id.
         rid = new_request_id()
     outcome = Outcome()
+    outcome.client = request.get(CLIENT, ANONYMOUS)
     try:
         resp = await run(Exchange(request, metrics, rid, outcome, t0), snapshot, *args)
     except GatewayError as exc:
@@ -95,6 +100,8 @@ async def handle(
         metrics.overhead.observe(outcome.overhead)
     if outcome.error_kind is not None:
         metrics.upstream_error(outcome.provider, outcome.error_kind)
+    if outcome.usage is not None:
+        metrics.tokens(outcome.provider, outcome.model, outcome.client, outcome.usage)
     settings = snapshot.config.access_log
     if settings.enabled and (settings.sample_rate >= 1 or random() < settings.sample_rate):
         _log_access(request, rid, outcome, duration)
@@ -115,20 +122,28 @@ def _log_access(request: web.Request, rid: str, o: Outcome, duration: float) -> 
                 "ttfb_ms": None if o.ttfb is None else round(o.ttfb * 1000, 3),
                 "overhead_ms": round(o.overhead * 1000, 3),
                 "bytes": o.bytes,
+                "endpoint": o.endpoint,
+                "client": o.client,
+                # Tokens by kind, "unknown" when the answer reported none,
+                # null where usage is not counted.
+                "usage": o.usage if o.usage or o.usage is None else "unknown",
             }
         ).decode()
     )
 
 
-async def forward(
+def forward(
     request: web.Request,
     snapshot: Snapshot,
     endpoint: Endpoint,
     metrics: Metrics,
     sniff: Callable[[ProviderRuntime, bytes], bool] | None = None,
-) -> web.StreamResponse:
-    """Handle one model-routed POST: parse, route, forward, stream back."""
-    return await handle(request, snapshot, metrics, _forward, endpoint, sniff)
+) -> Awaitable[web.StreamResponse]:
+    """Handle one model-routed POST: parse, route, forward, stream back.
+
+    A plain function returning `handle`'s coroutine: one coroutine frame
+    fewer on every resumption of the hot path."""
+    return handle(request, snapshot, metrics, _forward, endpoint, sniff)
 
 
 async def _forward(
@@ -138,6 +153,9 @@ async def _forward(
     sniff: Callable[[ProviderRuntime, bytes], bool] | None,
 ) -> web.StreamResponse:
     ex.sniff = sniff
+    ex.outcome.endpoint = endpoint.name
+    if endpoint.usage:
+        ex.usage = UsageTail()
     request = ex.request
     body = await read_body(request, snapshot.config.limits.max_body_bytes)
     if endpoint.multipart:
@@ -178,6 +196,8 @@ def _request_line(runtime: ProviderRuntime, endpoint: Endpoint, query: str) -> b
 
 def _serving(targets: tuple[Target, ...], endpoint: Endpoint, model: str) -> tuple[Target, ...]:
     """The targets whose provider serves `endpoint` (a provider's `endpoints:`)."""
+    if len(targets) == 1 and targets[0][0].config.api.endpoints is None:
+        return targets  # the common case: one provider, serving every endpoint
     serving = tuple(t for t in targets if t[0].config.api.serves(endpoint.name))
     if serving:
         return serving

@@ -6,7 +6,8 @@ into metric families at scrape time through a custom collector. Why not its
 costs 1.3-4 us, several per request, while the gateway runs on one event-loop
 thread where no lock is needed. Label values are bounded: providers come from
 config, models only from known model lists (else "other"), statuses are HTTP
-codes, error kinds are a fixed set. With `--workers N`, `state()` and
+codes, error kinds and token kinds are fixed sets, clients are the names of
+`auth.api_keys` entries. With `--workers N`, `state()` and
 `add_state()` carry the figures between workers (see metrics_board.py).
 """
 
@@ -76,6 +77,10 @@ class Metrics:
         self.inflight: dict[str, int] = {}
         self.bytes_forwarded: dict[str, int] = {}
         self.failovers: dict[str, int] = {}
+        # (provider, model, kind, client) -> tokens; kinds in usage.KINDS.
+        self.tokens_total: dict[tuple[str, str, str, str], int] = {}
+        # provider -> answers that should have reported usage and did not.
+        self.requests_without_usage: dict[str, int] = {}
         # Filled in by whoever owns reload state: () -> (successes, failures).
         self.reload_counts: Callable[[], tuple[int, int]] | None = None
         self.added_reloads: list[int] | None = None  # from add_state
@@ -120,6 +125,25 @@ class Metrics:
     def failover(self, alias: str) -> None:
         self.failovers[alias] = self.failovers.get(alias, 0) + 1
 
+    def tokens(self, provider: str, model: str, client: str, usage: dict[str, int]) -> None:
+        """Count one answer's tokens by kind; an empty `usage` counts as unknown."""
+        if not usage:
+            missing = self.requests_without_usage
+            missing[provider] = missing.get(provider, 0) + 1
+            return
+        totals = self.tokens_total
+        for kind, n in usage.items():
+            key = (provider, model, kind, client)
+            totals[key] = totals.get(key, 0) + n
+
+    def token_totals(self) -> dict[str, dict[str, int]]:
+        """Tokens per provider, by kind (summed over models and clients)."""
+        out: dict[str, dict[str, int]] = {}
+        for (provider, _model, kind, _client), n in self.tokens_total.items():
+            by_kind = out.setdefault(provider, {})
+            by_kind[kind] = by_kind.get(kind, 0) + n
+        return out
+
     # -- between processes -----------------------------------------------------
 
     def state(self) -> dict:
@@ -133,6 +157,8 @@ class Metrics:
             "inflight": dict(self.inflight),
             "bytes_forwarded": dict(self.bytes_forwarded),
             "failovers": dict(self.failovers),
+            "tokens": [[*key, n] for key, n in self.tokens_total.items()],
+            "requests_without_usage": dict(self.requests_without_usage),
             "reloads": self.reloads(),
         }
 
@@ -154,9 +180,14 @@ class Metrics:
             (self.inflight, state["inflight"]),
             (self.bytes_forwarded, state["bytes_forwarded"]),
             (self.failovers, state["failovers"]),
+            # .get: a worker of an older version has no usage figures
+            (self.requests_without_usage, state.get("requests_without_usage", {})),
         ):
             for key, n in theirs.items():
                 mine[key] = mine.get(key, 0) + n
+        for provider, model, kind, client, n in state.get("tokens", ()):
+            key = (provider, model, kind, client)
+            self.tokens_total[key] = self.tokens_total.get(key, 0) + n
         if state["reloads"] is not None:
             ok, failed = self.added_reloads or (0, 0)
             self.added_reloads = [ok + state["reloads"][0], failed + state["reloads"][1]]
@@ -240,6 +271,24 @@ class _Collector(Collector):
         )
         for alias, n in sorted(m.failovers.items()):
             c.add_metric([alias], n)
+        yield c
+
+        c = CounterMetricFamily(
+            "gateway_tokens",
+            "Tokens the upstreams reported, by provider, model, kind and client",
+            labels=["provider", "model", "kind", "client"],
+        )
+        for (provider, model, kind, client), n in sorted(m.tokens_total.items()):
+            c.add_metric([provider, model, kind, client], n)
+        yield c
+
+        c = CounterMetricFamily(
+            "gateway_requests_without_usage",
+            "Answers that should report token usage and did not (or were cut)",
+            labels=["provider"],
+        )
+        for provider, n in sorted(m.requests_without_usage.items()):
+            c.add_metric([provider], n)
         yield c
 
         reloads = m.reloads()

@@ -102,6 +102,7 @@ async def passthrough(
     """Forward `/providers/NAME/<path>` to provider NAME, verbatim but for the key."""
 
     async def run(ex: Exchange, snapshot: Snapshot) -> web.StreamResponse:
+        ex.outcome.endpoint = "passthrough"
         name = request.match_info["name"]
         runtime = snapshot.providers.get(name)
         if runtime is None:
@@ -139,6 +140,7 @@ async def by_response_id(
     """`/v1/responses/{id}[/cancel|/input_items]` to the provider that made the response."""
 
     async def run(ex: Exchange, snapshot: Snapshot) -> web.StreamResponse:
+        ex.outcome.endpoint = "responses/by_id"
         response_id = request.match_info["id"]
         if not _RESPONSE_ID.match(response_id):
             raise GatewayError(404, "No response with that id", "response_not_found")

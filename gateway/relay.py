@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .rewrite import response_headers
 from .snapshot import ProviderRuntime
 from .upstream import Connection, Response, UpstreamError
+from .usage import UsageTail
 
 log = logging.getLogger("gateway.forwarder")
 
@@ -35,7 +36,18 @@ class UpstreamFailure(Exception):
 class Outcome:
     """What happened to one request: read by metrics and the access log."""
 
-    __slots__ = ("bytes", "error_kind", "model", "overhead", "provider", "status", "ttfb")
+    __slots__ = (
+        "bytes",
+        "client",
+        "endpoint",
+        "error_kind",
+        "model",
+        "overhead",
+        "provider",
+        "status",
+        "ttfb",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.provider = "none"
@@ -45,6 +57,11 @@ class Outcome:
         self.bytes = 0
         self.overhead = 0.0
         self.error_kind: str | None = None  # the stream broke after headers
+        self.endpoint: str | None = None
+        self.client = "anonymous"  # the metrics label of who asked
+        # Tokens by kind for an endpoint that reports usage ({} = unknown);
+        # None where usage is not counted (errors, other endpoints).
+        self.usage: dict[str, int] | None = None
 
 
 class _CoalescedResponse(web.StreamResponse):
@@ -87,7 +104,7 @@ class Attempt:
 class Exchange:
     """The request being served: what every attempt at it shares."""
 
-    __slots__ = ("metrics", "outcome", "request", "rid", "sniff", "t0")
+    __slots__ = ("metrics", "outcome", "request", "rid", "sniff", "t0", "usage")
 
     def __init__(
         self,
@@ -106,6 +123,9 @@ class Exchange:
         # until it returns True: a side copy for answers that later requests
         # refer to (response ids). None for every other endpoint.
         self.sniff: Callable[[ProviderRuntime, bytes], bool] | None = None
+        # The side copy usage is read from at the end of a 2xx answer, for
+        # endpoints that report usage; None for the others.
+        self.usage: UsageTail | None = None
 
 
 def retry_on_overload(status: int) -> bool:
@@ -218,7 +238,11 @@ async def relay(
 ) -> web.StreamResponse:
     """Send the upstream's status, headers and body to the client as they come."""
     request, rid, outcome = ex.request, ex.rid, ex.outcome
-    sniff = ex.sniff if 200 <= upstream.status < 300 else None
+    ok = 200 <= upstream.status < 300
+    sniff = ex.sniff if ok else None
+    tail = ex.usage if ok else None
+    if tail is not None:
+        outcome.usage = {}  # unknown, unless the answer ends with usage in it
     t_headers = perf_counter()
     finished = False
     try:
@@ -275,6 +299,8 @@ async def relay(
                     outcome.ttfb = perf_counter() - t_sent
                 if sniff is not None and sniff(runtime, chunk):
                     sniff = None
+                if tail is not None:
+                    tail.feed(chunk)
                 nbytes += len(chunk)
                 try:
                     await write(chunk)
@@ -284,9 +310,20 @@ async def relay(
             outcome.bytes = nbytes
         await out.write_eof()
         finished = True
+        if tail is not None:  # after the client has the end: parsing delays nothing
+            outcome.usage = _read_usage(tail, rid)
         return out
     finally:
         # A finished exchange keeps its connection for the next request;
         # anything else (client gone, broken stream) drops it at once, so the
         # model stops generating for a client that is gone.
         runtime.pool.release(conn, reuse=finished)
+
+
+def _read_usage(tail: UsageTail, rid: str) -> dict[str, int]:
+    """The answer's usage; a bug in reading it must not break the response."""
+    try:
+        return tail.result()
+    except Exception:
+        log.exception("request %s: reading token usage failed", rid)
+        return {}

@@ -1,0 +1,243 @@
+"""Token usage from the side copy: every shape real servers send, split anywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.usage import HEAD_BYTES, TAIL_BYTES, UsageTail
+from tests.support import split_awkwardly
+
+FIXTURES = Path("/work/shared/fixtures/sse")
+
+# fixture -> the counts its usage reports
+EXPECTED = {
+    "vllm-usage.sse": {"prompt": 12, "completion": 6},
+    "usage-on-final-delta.sse": {"prompt": 11, "completion": 2},
+    "openai-usage-null.sse": {
+        "prompt": 19,
+        "completion": 10,
+        "cached_prompt": 0,
+        "reasoning": 0,
+    },
+    "responses-text.sse": {"prompt": 42, "completion": 9, "cached_prompt": 32, "reasoning": 0},
+    "responses-reasoning-tool.sse": {
+        "prompt": 88,
+        "completion": 31,
+        "cached_prompt": 0,
+        "reasoning": 17,
+    },
+    # Anthropic: input_tokens + cache reads + cache writes from message_start,
+    # output_tokens from message_delta.
+    "messages-text.sse": {"prompt": 37, "completion": 15, "cached_prompt": 12},
+    "messages-thinking-tool.sse": {"prompt": 472, "completion": 89, "cached_prompt": 0},
+}
+# Streams that carry no usage at all (the client did not ask for it, or an error).
+NO_USAGE = ["reasoning.sse", "midstream-error.sse", "nospace-crlf.sse", "tool-calls.sse"]
+
+
+def read(chunks) -> dict[str, int]:
+    tail = UsageTail()
+    for chunk in chunks:
+        tail.feed(chunk)
+    return tail.result()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_shapes(name):
+    data = (FIXTURES / name).read_bytes()
+    assert read([data]) == EXPECTED[name]
+    for seed in range(3):
+        assert read(split_awkwardly(data, seed=seed, max_piece=7)) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("name", NO_USAGE)
+def test_streams_without_usage_are_unknown(name):
+    data = (FIXTURES / name).read_bytes()
+    assert read(split_awkwardly(data, seed=1)) == {}
+
+
+@pytest.mark.parametrize("name", ["vllm-usage.sse", "messages-text.sse"])
+def test_split_at_every_position(name):
+    data = (FIXTURES / name).read_bytes()
+    for i in range(len(data) + 1):
+        assert read([data[:i], data[i:]]) == EXPECTED[name], i
+
+
+FILLER = b'data: {"choices":[{"index":0,"delta":{"content":"xxxxxxxxxxxxxxxx"}}]}\n\n'
+
+
+def padded(data: bytes, size: int) -> bytes:
+    """`data` after at least `size` bytes of content events."""
+    return FILLER * (size // len(FILLER) + 1) + data
+
+
+def test_long_streams_keep_head_and_tail():
+    # message_start in the head, message_delta far beyond it: old chunks dropped.
+    messages = (FIXTURES / "messages-text.sse").read_bytes()
+    start, _, rest = messages.partition(b"\n\n")
+    long = start + b"\n\n" + padded(rest, 20 * (HEAD_BYTES + TAIL_BYTES))
+    tail = UsageTail()
+    for chunk in split_awkwardly(long, seed=3, max_piece=300):
+        tail.feed(chunk)
+    assert tail.dropped
+    assert tail.tail_size < 2 * TAIL_BYTES + 300
+    assert tail.result() == EXPECTED["messages-text.sse"]
+    # A chat stream whose early `usage: null` is long gone still reads its final usage.
+    chat = padded((FIXTURES / "openai-usage-null.sse").read_bytes(), 50_000)
+    assert read(split_awkwardly(chat, max_piece=500)) == EXPECTED["openai-usage-null.sse"]
+
+
+def test_chunks_are_kept_by_reference():
+    tail = UsageTail()
+    chunk = b"x" * HEAD_BYTES
+    tail.feed(chunk)
+    later = b"y" * 100
+    tail.feed(later)
+    assert tail.head[0] is chunk and tail.tail[0] is later
+
+
+def json_answer(usage: object, **extra: object) -> bytes:
+    return orjson.dumps({"id": "x", **extra, "usage": usage})
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        # chat/completions JSON with cached and reasoning tokens (OpenAI's shape)
+        (
+            {
+                "prompt_tokens": 2006,
+                "completion_tokens": 300,
+                "total_tokens": 2306,
+                "prompt_tokens_details": {"cached_tokens": 1920},
+                "completion_tokens_details": {"reasoning_tokens": 192},
+            },
+            {"prompt": 2006, "completion": 300, "cached_prompt": 1920, "reasoning": 192},
+        ),
+        # embeddings
+        ({"prompt_tokens": 8, "total_tokens": 8}, {"prompt": 8}),
+        # Responses JSON
+        (
+            {
+                "input_tokens": 5,
+                "input_tokens_details": {"cached_tokens": 1},
+                "output_tokens": 7,
+                "output_tokens_details": {"reasoning_tokens": 3},
+                "total_tokens": 12,
+            },
+            {"prompt": 5, "completion": 7, "cached_prompt": 1, "reasoning": 3},
+        ),
+        # Messages JSON
+        (
+            {"input_tokens": 10, "cache_read_input_tokens": 4, "output_tokens": 2},
+            {"prompt": 14, "completion": 2, "cached_prompt": 4},
+        ),
+        # Responses without details (some servers): input and output only
+        ({"input_tokens": 3, "output_tokens": 4}, {"prompt": 3, "completion": 4}),
+        # A details object of the wrong type is left out, the rest counts.
+        (
+            {"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": [1]},
+            {"prompt": 3, "completion": 1},
+        ),
+    ],
+)
+def test_json_answers(usage, expected):
+    big = {"choices": [{"message": {"content": "z" * 30_000}}]}
+    assert read([json_answer(usage)]) == expected
+    assert read(split_awkwardly(json_answer(usage, **big), max_piece=1000)) == expected
+
+
+def test_pretty_printed_json():
+    body = orjson.dumps(
+        {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}, option=orjson.OPT_INDENT_2
+    )
+    assert b'"usage": {' in body
+    assert read([body]) == {"prompt": 3, "completion": 4}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json at all",
+        json_answer(None),
+        json_answer("lots"),
+        json_answer({}),
+        json_answer({"prompt_tokens": "12", "completion_tokens": -1}),
+        json_answer({"prompt_tokens": True}),
+        b'{"usage": {"prompt_tokens": 1000000000000000000000000000000}}',
+        json_answer({"prompt_tokens": 1.5}),
+        b'{"usage": {"prompt_tokens": 12, "completion_tok',  # cut mid-object
+        b'{"usage": ',
+        b'{"usage"',
+        b'{"usage": \xff\xfe{"prompt_tokens": 1}}',
+        b'{"text": "\\"usage\\": {\\"prompt_tokens\\": 5}"}',  # only inside a string
+        b'{"usage": {"prompt_tokens": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[',
+        b'{"usage": ' + b"[" * 4000 + b"]" * 4000 + b"}",
+    ],
+)
+def test_malformed_or_missing_is_unknown(body):
+    assert read([body]) == {}
+
+
+def test_stream_cut_mid_usage_event_is_unknown():
+    for name in ("vllm-usage.sse", "openai-usage-null.sse", "responses-text.sse"):
+        data = (FIXTURES / name).read_bytes()
+        cut = data[: data.rindex(b'"usage"') + 30]
+        assert read(split_awkwardly(cut, seed=2)) == {}, name
+
+
+def test_messages_delta_without_message_start():
+    delta = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":15}}\n\n'
+    assert read([delta]) == {"completion": 15}
+
+
+def test_messages_delta_with_cumulative_input():
+    # Newer Anthropic servers repeat the input counts in message_delta.
+    start = b'data: {"type":"message_start","message":{"usage":{"input_tokens":1}}}\n\n'
+    delta = (
+        b'data: {"type":"message_delta","usage":{"input_tokens":9,'
+        b'"cache_read_input_tokens":2,"output_tokens":15}}\n\n'
+    )
+    assert read([start, delta]) == {"prompt": 11, "completion": 15, "cached_prompt": 2}
+
+
+def test_metrics_tokens_merge_across_workers():
+    from gateway.metrics import Metrics
+    from tests.unit.test_metrics import samples
+
+    a, b = Metrics(), Metrics()
+    a.tokens("up", "m1", "team-a", {"prompt": 10, "completion": 2, "reasoning": 1})
+    a.tokens("up", "m1", "team-a", {})
+    b.tokens("up", "m1", "team-a", {"prompt": 5, "cached_prompt": 3})
+    b.tokens("up", "m2", "anonymous", {"prompt": 1})
+    b.tokens("other", "m9", "anonymous", {})
+    assert a.token_totals() == {"up": {"prompt": 10, "completion": 2, "reasoning": 1}}
+    a.peers = lambda: [b.state()]
+    got = samples(a)
+
+    def key(model, kind, client):
+        labels = {"provider": "up", "model": model, "kind": kind, "client": client}
+        return ("gateway_tokens_total", tuple(sorted(labels.items())))
+
+    assert got[key("m1", "prompt", "team-a")] == 15
+    assert got[key("m1", "cached_prompt", "team-a")] == 3
+    assert got[key("m2", "prompt", "anonymous")] == 1
+    missing = "gateway_requests_without_usage_total"
+    assert got[(missing, (("provider", "up"),))] == 1
+    assert got[(missing, (("provider", "other"),))] == 1
+    merged = Metrics()
+    merged.add_state(a.state())
+    merged.add_state(b.state())
+    assert merged.token_totals() == {
+        "up": {"prompt": 16, "completion": 2, "reasoning": 1, "cached_prompt": 3},
+    }
+    assert merged.requests_without_usage == {"up": 1, "other": 1}
+    # A state from a worker without usage figures still merges.
+    old = b.state()
+    del old["tokens"], old["requests_without_usage"]
+    merged.add_state(old)
+    assert merged.token_totals()["up"]["prompt"] == 16
