@@ -20,7 +20,9 @@ from collections import deque
 from json import JSONDecoder
 
 HEAD_BYTES = 4096  # `message_start` comes first and is small
-TAIL_BYTES = 8192  # kept before the newest chunk: a usage event and what follows it
+# Kept before the newest chunk: a usage event and what follows it are a few
+# hundred bytes, and this is held for every stream in flight.
+TAIL_BYTES = 4096
 _USAGE_SPAN = 4096  # a usage object is a few hundred bytes; decode no more than this
 _MAX_CANDIDATES = 8  # `"usage"` occurrences looked at, newest first
 _MAX_TOKENS = 1 << 53  # above this a count is nonsense (and loses precision as a float)
