@@ -190,8 +190,7 @@ def _request_line(runtime: ProviderRuntime, endpoint: Endpoint, query: str) -> b
     verbatim (`/v1/messages?beta=true`), the provider's own `query` after it."""
     if not query:
         return runtime.request_lines[endpoint.name]
-    base = runtime.origin_prefix if endpoint.root else runtime.base_path
-    return runtime.request_line("POST", f"{base}/{endpoint.upstream}", query)
+    return runtime.request_line("POST", runtime.endpoint_path(endpoint), query)
 
 
 def _serving(targets: tuple[Target, ...], endpoint: Endpoint, model: str) -> tuple[Target, ...]:

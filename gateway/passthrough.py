@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
+from .endpoints import ENDPOINTS
 from .errors import GatewayError
 from .forwarder import handle
 from .metrics import Metrics
@@ -129,8 +130,7 @@ async def _attempt(
 ) -> Attempt:
     request = ex.request
     body = await read_body(request, snapshot.config.limits.max_body_bytes)
-    length = None if not body and request.method in _NO_BODY_METHODS else len(body)
-    head = request_head(request.raw_headers, runtime, line, ex.rid, length)
+    head = request_head(request.raw_headers, runtime, line, ex.rid, _length(request, body))
     return Attempt(runtime, model, head, body, head_request=request.method == "HEAD")
 
 
@@ -149,17 +149,16 @@ async def by_response_id(
             raise GatewayError(404, "No provider serves /v1/responses", "endpoint_not_supported")
         raw_path, _, query = request.raw_path.partition("?")
         tail = raw_path[len("/v1/responses") :]
-        first = await _attempt(ex, snapshot, candidates[0], b"", "other")
+        body = await read_body(request, snapshot.config.limits.max_body_bytes)
+        length = _length(request, body)
+        responses = ENDPOINTS["responses"]
 
         def attempts() -> Iterator[Attempt]:
             for runtime in candidates:
-                line = runtime.request_line(
-                    request.method, runtime.base_path + "/responses" + tail, query
-                )
-                head = request_head(
-                    request.raw_headers, runtime, line, ex.rid, _length(request, first.data)
-                )
-                yield Attempt(runtime, "other", head, first.data)
+                path = runtime.endpoint_path(responses) + tail
+                line = runtime.request_line(request.method, path, query)
+                head = request_head(request.raw_headers, runtime, line, ex.rid, length)
+                yield Attempt(runtime, "other", head, body)
 
         if len(candidates) > 1:
             # Found by asking around: remember the one that knew it.

@@ -34,7 +34,7 @@ from yarl import URL
 
 from . import __version__
 from .config import ConfigError, GatewayConfig, Problem, ProviderConfig
-from .endpoints import ENDPOINTS
+from .endpoints import ENDPOINTS, Endpoint
 from .provider_api import AUTH_HEADERS
 from .redact import provider_redactor
 from .secrets import Secret, SecretResolver, config_secret_refs
@@ -133,10 +133,7 @@ class ProviderRuntime:
         self.host_line = f"Host: {host}\r\n".encode("latin-1")
         self.query = URL.build(query=query).raw_query_string if query else ""
         self.request_lines = {
-            name: self.request_line(
-                "POST", (origin if e.root else self.base_path) + "/" + e.upstream
-            )
-            for name, e in ENDPOINTS.items()
+            name: self.request_line("POST", self.endpoint_path(e)) for name, e in ENDPOINTS.items()
         }
         self.upstream_header_block = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode(
             "utf-8"
@@ -158,6 +155,11 @@ class ProviderRuntime:
 
     def __repr__(self) -> str:
         return f"ProviderRuntime({self.name!r}, {self.config.base_url!r})"
+
+    def endpoint_path(self, endpoint: Endpoint) -> str:
+        """Where `endpoint` is served upstream: under base_url, or at the server's root."""
+        base = self.origin_prefix if endpoint.root else self.base_path
+        return f"{base}/{endpoint.upstream}"
 
     def request_line(self, method: str, path: str, client_query: str = "") -> bytes:
         """`METHOD path?query HTTP/1.1` and the Host line; the provider's own
