@@ -9,60 +9,20 @@ environment, so the same script can later run through the gateway with
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
+from tests.contract.node_runner import NODE_DIR, run_node_script
 
-import orjson
-import pytest
-
-from tests.support import REPO
-
-NODE_DIR = REPO / "tests" / "contract" / "node"
 SCRIPT = NODE_DIR / "ai_sdk_check.mjs"
 GREETING = "Hello from the gateway's demo upstream!"
-RUN_TIMEOUT = 60.0
-
-
-def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("`node` is not on PATH: the AI SDK contract test needs Node.js (see README.md)")
-    for package in ("ai", "@ai-sdk/openai", "openai"):
-        if not (NODE_DIR / "node_modules" / package).is_dir():
-            pytest.fail(
-                f"{NODE_DIR / 'node_modules'} is missing {package}: run `bash .ci/run` "
-                "(it runs npm install) or `npm install --prefix tests/contract/node`"
-            )
-    return node
 
 
 async def run_ai_sdk_check(base_url: str, model: str, api_key: str = "sk-demo") -> dict:
-    env = dict(os.environ, GATEWAY_BASE_URL=base_url, GATEWAY_API_KEY=api_key, GATEWAY_MODEL=model)
-    # The SDKs read these; a developer's own settings must not leak into the run.
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
-        env.pop(name, None)
-    proc = await asyncio.create_subprocess_exec(
-        node_binary(),
-        str(SCRIPT),
-        cwd=str(NODE_DIR),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await run_node_script(
+        SCRIPT,
+        ("ai", "@ai-sdk/openai", "openai"),
+        GATEWAY_BASE_URL=base_url,
+        GATEWAY_API_KEY=api_key,
+        GATEWAY_MODEL=model,
     )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
-    except TimeoutError:
-        pytest.fail(f"ai_sdk_check.mjs did not finish within {RUN_TIMEOUT:g}s")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    err_text = stderr.decode(errors="replace")
-    assert proc.returncode == 0, f"ai_sdk_check.mjs exited {proc.returncode}:\n{err_text}"
-    lines = stdout.decode().strip().splitlines()
-    assert len(lines) == 1, f"expected one JSON line, got: {stdout!r}\nstderr: {err_text}"
-    return orjson.loads(lines[0])
 
 
 async def test_ai_sdk_and_node_responses_against_demo(demo_upstream):

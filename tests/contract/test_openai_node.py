@@ -9,20 +9,15 @@ without Node cannot pass silently.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-
 import orjson
 import pytest
 
-from tests.support import REPO, GatewayUnderTest
+from tests.contract.node_runner import NODE_DIR, run_node_script
+from tests.support import GatewayUnderTest
 
-NODE_DIR = REPO / "tests" / "contract" / "node"
 SCRIPT = NODE_DIR / "sdk_check.mjs"
 CLIENT_KEY = "gw-node-client-key-8d21e0"
 DEMO_REPLY = "Hello from the gateway's demo upstream! You said: Hello from Node!"
-RUN_TIMEOUT = 60.0
 
 
 @pytest.fixture
@@ -40,49 +35,10 @@ async def gw(gateway_factory, demo_upstream) -> GatewayUnderTest:
     )
 
 
-def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(
-            "`node` is not on PATH: the Node SDK contract test needs Node.js (see README.md)"
-        )
-    if not (NODE_DIR / "node_modules" / "openai").is_dir():
-        pytest.fail(
-            f"{NODE_DIR / 'node_modules'} is missing the openai package: "
-            "run `bash .ci/run` (it runs npm install) or "
-            "`npm install --prefix tests/contract/node`"
-        )
-    return node
-
-
 async def run_sdk_check(base_url: str, api_key: str) -> dict:
-    env = dict(os.environ, GATEWAY_BASE_URL=base_url, GATEWAY_API_KEY=api_key)
-    # The SDK reads these; a developer's own settings must not leak into the run.
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
-        env.pop(name, None)
-    proc = await asyncio.create_subprocess_exec(
-        node_binary(),
-        str(SCRIPT),
-        cwd=str(NODE_DIR),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await run_node_script(
+        SCRIPT, ("openai",), GATEWAY_BASE_URL=base_url, GATEWAY_API_KEY=api_key
     )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        pytest.fail(f"sdk_check.mjs did not finish within {RUN_TIMEOUT:g}s")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    err_text = stderr.decode(errors="replace")
-    assert proc.returncode == 0, f"sdk_check.mjs exited {proc.returncode}:\n{err_text}"
-    lines = stdout.decode().strip().splitlines()
-    assert len(lines) == 1, f"expected one JSON line, got: {stdout!r}\nstderr: {err_text}"
-    return orjson.loads(lines[0])
 
 
 async def test_node_sdk_against_gateway(gw):
