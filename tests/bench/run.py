@@ -39,6 +39,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Phase modules beside this file `import run`: run as a script, this module is
+# __main__, and they must get this one rather than a second copy.
+sys.modules.setdefault("run", sys.modules[__name__])
 REPO = HERE.parents[1]
 HOST = "127.0.0.1"
 PATH = "/v1/chat/completions"
@@ -1577,6 +1580,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument(
         "--workers-only", action="store_true", help="only the --workers 1 vs 2 phase"
     )
+    parser.add_argument(
+        "--chunks-only", action="store_true", help="only the CPU-per-chunk phase (with nginx)"
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     s = Settings.make(args.quick, args.repeat)
 
@@ -1625,6 +1631,13 @@ def main(argv: Iterable[str] | None = None) -> int:
             )
             results["workers"] = phase_workers(procs, tmp, s, wrk, cpus)
             report(workers_rows(results["workers"]), results, args.json)
+            return 0
+        import phase_chunks  # after sys.modules has this module as "run"
+
+        if args.chunks_only:
+            say("CPU per relayed chunk: gateway, minimal forwarder, nginx")
+            results["chunks"] = phase_chunks.phase_chunks(procs, tmp, s)
+            report(phase_chunks.rows(results["chunks"]), results, args.json)
             return 0
         say(f"[1/6] start-up and idle RSS ({s.startup_runs} start(s) each)")
         startup = {}

@@ -1,0 +1,295 @@
+"""Bench phase: CPU per relayed SSE chunk, against the minimal forwarder and nginx.
+
+LLM traffic is long streams of small chunks, so the figure that decides how
+many streams a core carries is the CPU a proxy spends per relayed chunk.
+This phase starts its own upstream (200 events, 5 ms apart), the gateway,
+the minimal forwarder and, when installed, nginx with `proxy_buffering off`
+(Debian: `apt-get install -y nginx-light`), all on the proxies' core. In
+interleaved rounds it sends 100 concurrent streams through each and reads
+the proxy's CPU time (user + system) from /proc before and after: CPU
+seconds, not wall time, so the figure holds on a noisy machine. The bytes
+every client received are checked against the upstream's.
+
+Then a ramp: streams at 50 chunks/s each, more and more at once, to find
+how many one proxy core carries before time to first token degrades (p95
+over twice the p95 at the lowest level, or the proxy's core busy over 90%).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import run as bench
+
+STREAMS = 100
+CHUNKS = 200
+INTERVAL = 0.005
+RAMP_CHUNKS = 50
+RAMP_INTERVAL = 0.02  # 50 chunks/s per stream
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    upstream bench {{ server 127.0.0.1:{upstream}; keepalive 1024; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /readyz {{ return 200 '{{"status":"ready"}}'; }}
+        location / {{
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def spawn_nginx(procs: bench.Procs, tmp: Path, upstream_port: int) -> bench.Child | None:
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx is None:
+        return None
+    port = bench.free_port()
+    conf = tmp / f"nginx-{port}.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=port))
+    core = procs.pin[0] if procs.pin else None
+    return procs.spawn("nginx", [nginx, "-c", str(conf), "-e", str(tmp / "nginx-stderr.log")], port, core)
+
+
+def spawn_upstream(procs: bench.Procs, chunks: int, interval: float) -> bench.Child:
+    port = bench.free_port()
+    argv = [sys.executable, str(bench.HERE / "upstream.py"), "--port", str(port)]
+    argv += ["--chunks", str(chunks), "--interval", str(interval)]
+    core = procs.pin[1] if procs.pin else None
+    return procs.spawn("upstream-chunks", argv, port, core)
+
+
+def start_targets(procs: bench.Procs, tmp: Path, upstream_port: int) -> list[bench.Target]:
+    targets = []
+    for kind, label in (("fwd", "minimal fwd"), ("gw", "gateway")):
+        child = bench.spawn_kind(kind, procs, tmp, upstream_port)
+        bench.wait_ready(child)
+        targets.append(bench.Target(kind, label, child))
+    nginx = spawn_nginx(procs, tmp, upstream_port)
+    if nginx is None:
+        bench.say("  nginx not installed (Debian: apt-get install -y nginx-light): its column is empty")
+    else:
+        bench.wait_ready(nginx)
+        targets.append(bench.Target("nginx", "nginx", nginx))
+    return targets
+
+
+async def _burst(port: int, req: bytes, n: int) -> tuple[list, int]:
+    conns = await bench.connect_many(port, n)
+    try:
+        tasks = [asyncio.create_task(asyncio.wait_for(c.request(req), 120)) for c in conns]
+        replies = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for c in conns:
+            c.close()
+    ok = [r for r in replies if isinstance(r, bench.Reply) and r.status == 200]
+    return ok, len(replies) - len(ok)
+
+
+def cpu_round(t: bench.Target, req: bytes, expected: str) -> dict:
+    """One burst of STREAMS streams through `t`: its CPU seconds, errors, bytes."""
+    pids = bench.process_tree(t.child.pid)
+
+    async def main() -> tuple[list, int, float]:
+        # Connections are opened before the clock starts: accepting them is
+        # not what this phase measures.
+        conns = await bench.connect_many(t.port, STREAMS)
+        before = bench.cpu_seconds(pids)
+        try:
+            tasks = [asyncio.wait_for(c.request(req), 120) for c in conns]
+            replies = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for c in conns:
+                c.close()
+        used = bench.cpu_seconds(pids) - before
+        return replies, 0, used
+
+    replies, _, used = bench.run_async(main())
+    ok = [r for r in replies if isinstance(r, bench.Reply) and r.status == 200]
+    wrong = sum(hashlib.sha256(r.body).hexdigest() != expected for r in ok)
+    return {
+        "cpu_s": used,
+        "errors": len(replies) - len(ok),
+        "bytes_differ": wrong,
+        "ttfb_p50_ms": statistics.median(r.ttfb for r in ok) * 1000 if ok else float("nan"),
+    }
+
+
+async def _sustain(port: int, req: bytes, n: int, seconds: float) -> tuple[list[float], int]:
+    """`n` clients each streaming back to back for `seconds`, their starts
+    spread over one stream's length (a steady load, not a burst): the TTFT
+    of every stream that started after the first stream length."""
+    conns = await bench.connect_many(port, n)
+    stream_s = RAMP_CHUNKS * RAMP_INTERVAL
+    t0 = time.perf_counter()
+    ttfts: list[float] = []
+    errors = 0
+
+    async def client(i: int, c: bench.HttpConn) -> None:
+        nonlocal errors
+        await asyncio.sleep(stream_s * i / n)
+        while time.perf_counter() - t0 < seconds:
+            started = time.perf_counter()
+            try:
+                r = await asyncio.wait_for(c.request(req), 30)
+            except (OSError, ValueError):
+                errors += 1
+                return
+            if r.status != 200:
+                errors += 1
+            elif started - t0 > stream_s:
+                ttfts.append(r.ttfb * 1000)
+
+    try:
+        await asyncio.gather(*(client(i, c) for i, c in enumerate(conns)))
+    finally:
+        for c in conns:
+            c.close()
+    return ttfts, errors
+
+
+def ramp(t: bench.Target, req: bytes, levels: list[int], seconds: float) -> dict:
+    """Streams at 50 chunks/s, more at each level: TTFT and the proxy's CPU share."""
+    pids = bench.process_tree(t.child.pid)
+    out: dict = {"levels": []}
+    base_p95 = None
+    carried = 0
+    for n in levels:
+
+        async def main(n: int = n) -> tuple[list[float], int, float, float]:
+            before, t0 = bench.cpu_seconds(pids), time.perf_counter()
+            ttfts, errors = await _sustain(t.port, req, n, seconds)
+            return ttfts, errors, bench.cpu_seconds(pids) - before, time.perf_counter() - t0
+
+        ttfts, errors, cpu, wall = bench.run_async(main())
+        ttfts.sort()
+        p50 = bench.pct(ttfts, 50) if ttfts else float("nan")
+        p95 = bench.pct(ttfts, 95) if ttfts else float("nan")
+        busy = cpu / wall if wall else float("nan")
+        if base_p95 is None:
+            base_p95 = p95
+        degraded = errors > 0 or not ttfts or p95 > max(2 * base_p95, base_p95 + 5) or busy > 0.9
+        out["levels"].append(
+            {
+                "streams": n,
+                "errors": errors,
+                "ttft_p50_ms": p50,
+                "ttft_p95_ms": p95,
+                "proxy_cpu_busy": busy,
+                "degraded": degraded,
+            }
+        )
+        bench.say(
+            f"  {t.key}: {n} streams at 50 chunks/s: TTFT p50 {p50:.1f} ms p95 {p95:.1f} ms, "
+            f"proxy core {busy:.0%} busy, {errors} errors{' (degraded)' if degraded else ''}"
+        )
+        if degraded:
+            break
+        carried = n
+    out["carried"] = carried
+    return out
+
+
+def phase_chunks(procs: bench.Procs, tmp: Path, s: bench.Settings) -> dict:
+    upstream = spawn_upstream(procs, CHUNKS, INTERVAL)
+    bench.wait_ready(upstream)
+    targets = start_targets(procs, tmp, upstream.port)
+    req = bench.raw_request(upstream.port, bench.STREAM_BODY)
+    first = bench.run_async(_burst(upstream.port, req, 1))[0]
+    if not first:
+        raise RuntimeError("the chunk phase's upstream failed a stream")
+    expected = hashlib.sha256(first[0].body).hexdigest()
+    events = first[0].body.count(b"data: ")
+    rounds: dict[str, list[dict]] = {t.key: [] for t in targets}
+    for t in targets:  # warm-up: pools, caches
+        cpu_round(t, bench.raw_request(t.port, bench.STREAM_BODY), expected)
+    for r in range(max(3, s.rounds * 2)):
+        for t in bench.rotate(targets, r):
+            rounds[t.key].append(cpu_round(t, bench.raw_request(t.port, bench.STREAM_BODY), expected))
+    out: dict = {"streams": STREAMS, "events_per_stream": events, "targets": {}}
+    for t in targets:
+        rs = rounds[t.key]
+        per_stream = statistics.median(x["cpu_s"] for x in rs) / STREAMS
+        out["targets"][t.key] = {
+            "cpu_us_per_chunk": per_stream / events * 1e6,
+            "cpu_us_per_stream": per_stream * 1e6,
+            "cpu_us_per_chunk_rounds": [x["cpu_s"] / STREAMS / events * 1e6 for x in rs],
+            "errors": sum(x["errors"] for x in rs),
+            "bytes_differ": sum(x["bytes_differ"] for x in rs),
+        }
+    ramp_up = spawn_upstream(procs, RAMP_CHUNKS, RAMP_INTERVAL)
+    bench.wait_ready(ramp_up)
+    levels = [25, 100, 200, 400] if s.quick else [25, 100, 200, 300, 400, 600, 800, 1000]
+    seconds = 3.0 if s.quick else 5.0
+    ramp_targets = start_targets(procs, tmp, ramp_up.port)
+    for t in ramp_targets:
+        out["targets"][t.key]["ramp"] = ramp(
+            t, bench.raw_request(t.port, bench.STREAM_BODY), levels, seconds
+        )
+    return out
+
+
+def rows(res: dict) -> list[bench.Row]:
+    t = res["targets"]
+
+    def get(key: str, field: str) -> float | None:
+        return t[key][field] if key in t else None
+
+    gw, fwd, ngx = (get(k, "cpu_us_per_chunk") for k in ("gw", "fwd", "nginx"))
+    out = [
+        bench.Row(
+            f"chunks: CPU us per relayed chunk ({res['streams']} streams x "
+            f"{res['events_per_stream']} events, 5 ms apart); direct column = nginx",
+            ngx if ngx is not None else "n/a",
+            fwd,
+            gw,
+            target="gw <= 1.25x nginx and fwd >= 1.5x gw",
+            passed=(ngx is None or gw <= 1.25 * ngx) and fwd >= 1.5 * gw,
+            fmt="{:.1f}",
+        ),
+        bench.Row(
+            "chunks: CPU us per stream request; direct column = nginx",
+            get("nginx", "cpu_us_per_stream") or "n/a",
+            get("fwd", "cpu_us_per_stream"),
+            get("gw", "cpu_us_per_stream"),
+            fmt="{:.0f}",
+        ),
+    ]
+    errors = sum(x["errors"] + x["bytes_differ"] for x in t.values())
+    out.append(bench.Row("chunks: errors or differing bytes (all)", None, None, str(errors),
+                         target="0", passed=errors == 0, ratios=False))
+    carried = {k: v["ramp"]["carried"] for k, v in t.items() if "ramp" in v}
+    out.append(
+        bench.Row(
+            "chunks: streams at 50 chunks/s one core carries before TTFT degrades; direct = nginx",
+            str(carried.get("nginx", "n/a")),
+            str(carried.get("fwd")),
+            str(carried.get("gw")),
+            ratios=False,
+            note="capped by the ramp's top level and the load core",
+        )
+    )
+    return out
