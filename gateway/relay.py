@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .errors import GatewayError
 from .metrics import Metrics
+from .pipe import Pipe
+from .replica_send import send_to_replicas
 from .rewrite import response_headers
 from .snapshot import ProviderRuntime
-from .upstream import Connection, Response, UpstreamError
+from .upstream import Connection, Pool, Response, UpstreamError
 from .usage import UsageTail
+
+if TYPE_CHECKING:
+    from .tracing import RequestSpan
 
 log = logging.getLogger("gateway.forwarder")
 
@@ -45,6 +52,7 @@ class Outcome:
         "overhead",
         "provider",
         "status",
+        "stream",
         "ttfb",
         "usage",
     )
@@ -62,6 +70,7 @@ class Outcome:
         # Tokens by kind for an endpoint that reports usage ({} = unknown);
         # None where usage is not counted (errors, other endpoints).
         self.usage: dict[str, int] | None = None
+        self.stream = False  # the client asked for a stream (time to first token)
 
 
 class _CoalescedResponse(web.StreamResponse):
@@ -104,7 +113,17 @@ class Attempt:
 class Exchange:
     """The request being served: what every attempt at it shares."""
 
-    __slots__ = ("metrics", "outcome", "request", "rid", "sniff", "t0", "usage")
+    __slots__ = (
+        "chunk_filter",
+        "metrics",
+        "outcome",
+        "request",
+        "rid",
+        "sniff",
+        "t0",
+        "trace",
+        "usage",
+    )
 
     def __init__(
         self,
@@ -126,6 +145,12 @@ class Exchange:
         # The side copy usage is read from at the end of a 2xx answer, for
         # endpoints that report usage; None for the others.
         self.usage: UsageTail | None = None
+        # Edits the body on its way to the client (sse_filter.py: opted-in
+        # stream usage); called with b"" at the end for what it held back.
+        # None for every other request.
+        self.chunk_filter: Callable[[bytes], bytes] | None = None
+        # The request's span (tracing.py); None with tracing off.
+        self.trace: RequestSpan | None = None
 
 
 def retry_on_overload(status: int) -> bool:
@@ -166,7 +191,7 @@ async def dispatch(
                 outcome.overhead = before_upstream
                 raise exc.error from None
             if i < last and try_next(upstream.status):
-                runtime.pool.release(conn, reuse=False)
+                conn.pool.release(conn, reuse=False)
                 metrics.upstream_error(name, "status")
                 if failover_label is not None:
                     metrics.failover(failover_label)
@@ -199,14 +224,22 @@ def _failure(runtime: ProviderRuntime, exc: UpstreamError) -> UpstreamFailure:
     return UpstreamFailure(kind, GatewayError(502, message, "upstream_error"))
 
 
-async def send(runtime: ProviderRuntime, attempt: Attempt) -> tuple[Connection, Response]:
+async def send(
+    runtime: ProviderRuntime, attempt: Attempt, pool: Pool | None = None
+) -> tuple[Connection, Response]:
     """Send the request on a pooled connection and wait for the response head.
 
     A reused keep-alive connection that the upstream had already closed
     fails before any response byte; the request is then sent once more on a
     fresh connection (the upstream never saw it). Raises UpstreamFailure.
+    A provider with replicas picks one (gateway.replica_send), which comes
+    back here with that replica's `pool`.
     """
-    pool = runtime.pool
+    if pool is None:
+        replicas = runtime.replicas
+        if replicas is not None:
+            return await send_to_replicas(runtime, replicas, attempt, send, UpstreamFailure)
+        pool = runtime.pool
     first_byte = runtime.config.timeouts.first_byte
     for try_no in (0, 1):
         try:
@@ -239,9 +272,9 @@ async def relay(
     """Send the upstream's status, headers and body to the client as they come."""
     request, rid, outcome = ex.request, ex.rid, ex.outcome
     ok = 200 <= upstream.status < 300
-    sniff = ex.sniff if ok else None
-    tail = ex.usage if ok else None
-    if tail is not None:
+    if not ok:  # side copies look at successful answers only
+        ex.sniff = ex.usage = None
+    elif ex.usage is not None:
         outcome.usage = {}  # unknown, unless the answer ends with usage in it
     t_headers = perf_counter()
     finished = False
@@ -268,56 +301,114 @@ async def relay(
         headers["X-Gateway-Overhead-Ms"] = f"{overhead * 1000:.3f}"
         outcome.overhead = overhead
         outcome.status = status
-        kind = _CoalescedResponse if "Content-Length" in headers else web.StreamResponse
-        out = kind(status=status, reason=upstream.reason, headers=headers)
-        await out.prepare(request)
-        read = upstream.read
-        write = out.write
-        nbytes = 0
-        try:
-            while True:
-                try:
-                    chunk = await read()
-                except UpstreamError as exc:
-                    # Bytes are already out: the status can no longer change.
-                    # Cut the connection so the client sees a broken stream,
-                    # not a clean end.
-                    log.warning(
-                        "request %s: provider '%s' stream broke after headers: %s",
-                        rid,
-                        runtime.name,
-                        exc,
-                    )
-                    outcome.error_kind = exc.kind
-                    out.force_close()
-                    if request.transport is not None:
-                        request.transport.close()
-                    return out
-                if not chunk:
-                    break
-                if not nbytes:
-                    outcome.ttfb = perf_counter() - t_sent
-                if sniff is not None and sniff(runtime, chunk):
-                    sniff = None
-                if tail is not None:
-                    tail.feed(chunk)
-                nbytes += len(chunk)
-                try:
-                    await write(chunk)
-                except ConnectionError:
-                    return out  # the client went away; `finally` drops the upstream
-        finally:
-            outcome.bytes = nbytes
-        await out.write_eof()
-        finished = True
-        if tail is not None:  # after the client has the end: parsing delays nothing
-            outcome.usage = _read_usage(tail, rid)
+        if "Content-Length" in headers:
+            out = _CoalescedResponse(status=status, reason=upstream.reason, headers=headers)
+            await out.prepare(request)
+            finished = await _copy(ex, runtime, upstream, out, t_sent)
+        else:
+            out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            await out.prepare(request)
+            finished = await _pipe(ex, runtime, conn, out, t_sent)
+        if finished:
+            await out.write_eof()
+            if ex.usage is not None and ok:  # after the client has the end: delays nothing
+                outcome.usage = _read_usage(ex.usage, rid)
         return out
     finally:
         # A finished exchange keeps its connection for the next request;
         # anything else (client gone, broken stream) drops it at once, so the
         # model stops generating for a client that is gone.
-        runtime.pool.release(conn, reuse=finished)
+        conn.pool.release(conn, reuse=finished)  # the replica's pool, if it has replicas
+
+
+async def _copy(
+    ex: Exchange,
+    runtime: ProviderRuntime,
+    upstream: Response,
+    out: web.StreamResponse,
+    t_sent: float,
+) -> bool:
+    """A body of known length, read and written in turns (JSON answers mostly
+    arrive whole with their head: one read, one write with the head). True
+    when it ended; False when the client left or the upstream broke."""
+    outcome, sniff, tail = ex.outcome, ex.sniff, ex.usage
+    read, write = upstream.read, out.write
+    nbytes = 0
+    try:
+        while True:
+            try:
+                chunk = await read()
+            except UpstreamError as exc:
+                _cut(ex, runtime, out, exc)
+                return False
+            if not chunk:
+                return True
+            if not nbytes:
+                outcome.ttfb = perf_counter() - t_sent
+            if sniff is not None and sniff(runtime, chunk):
+                sniff = None
+            if tail is not None:
+                tail.feed(chunk)
+            nbytes += len(chunk)
+            try:
+                await write(chunk)
+            except ConnectionError:
+                return False  # the client went away; the caller drops the upstream
+    finally:
+        outcome.bytes = nbytes
+
+
+async def _pipe(
+    ex: Exchange, runtime: ProviderRuntime, conn: Connection, out: web.StreamResponse, t_sent: float
+) -> bool:
+    """A streamed body, relayed in the upstream connection's callbacks
+    (gateway.pipe); this coroutine only waits for its end and for a slow
+    client to drain. True when it ended; False when the client left or the
+    upstream broke."""
+    request = ex.request
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return False
+    sniff = ex.sniff
+    pipe = Pipe(
+        conn,
+        transport,
+        request.protocol,
+        request.writer.chunked,  # aiohttp chose the framing (HTTP/1.0 clients: none)
+        ex.usage,
+        None if sniff is None else partial(sniff, runtime),
+    )
+    try:
+        conn.start_sink(pipe)
+        while True:
+            try:
+                if await conn.wait_sink():
+                    return True
+            except UpstreamError as exc:
+                _cut(ex, runtime, out, exc)
+                return False
+            if pipe.gone or transport.is_closing():
+                return False
+            await request.writer.drain()  # the client is behind: wait for it
+            conn.resume_reading()
+    finally:
+        ex.outcome.bytes = pipe.nbytes
+        if pipe.nbytes:
+            ex.outcome.ttfb = pipe.first - t_sent
+
+
+def _cut(
+    ex: Exchange, runtime: ProviderRuntime, out: web.StreamResponse, exc: UpstreamError
+) -> None:
+    """The upstream broke after the head went out: the status can no longer
+    change, so cut the client's connection: a broken stream, not a clean end."""
+    log.warning(
+        "request %s: provider '%s' stream broke after headers: %s", ex.rid, runtime.name, exc
+    )
+    ex.outcome.error_kind = exc.kind
+    out.force_close()
+    if ex.request.transport is not None:
+        ex.request.transport.close()
 
 
 def _read_usage(tail: UsageTail, rid: str) -> dict[str, int]:

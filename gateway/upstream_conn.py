@@ -37,7 +37,7 @@ import asyncio
 import re
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
@@ -56,6 +56,15 @@ _NO_BODY = frozenset((204, 304))
 
 # States of one exchange
 _HEAD, _BODY, _UNTIL_CLOSE, _DONE = range(4)
+
+
+class Sink(Protocol):
+    """Takes body bytes as llhttp delivers them (`gateway.pipe.Pipe`)."""
+
+    def __call__(self, data: bytes) -> None: ...
+
+    def flush(self) -> None:
+        """Called once the bytes of one read are parsed."""
 
 
 class _Reject(Exception):
@@ -89,7 +98,8 @@ class Connection(asyncio.Protocol):
         self._size = 0  # bytes of its head, or of its trailer section
         self._te: bytes | None = None  # Transfer-Encoding, all fields joined
         self._has_length = False
-        # Delivery
+        # Delivery: buffered for read_body(), or handed to a sink (gateway.pipe)
+        self._sink: Sink | None = None
         self._body: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
@@ -160,6 +170,12 @@ class Connection(asyncio.Protocol):
             else:
                 self._protocol_error(str(exc) or type(exc).__name__)
             return
+        finally:
+            # What the read delivered goes out also when it ended in an
+            # error: the client gets every byte that was framed right.
+            sink = self._sink
+            if sink is not None:
+                sink.flush()
         if self._stalled > _HEAD_LIMIT and self._state != _DONE:
             # llhttp buffers a header field until it is complete and skips
             # chunk extensions: this bounds what it holds.
@@ -285,6 +301,10 @@ class Connection(asyncio.Protocol):
     def _push(self, data: bytes) -> None:
         if not data:
             return
+        sink = self._sink
+        if sink is not None:
+            sink(data)
+            return
         self._body.append(data)
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -318,6 +338,46 @@ class Connection(asyncio.Protocol):
             self._waiter = None
             if not w.done():
                 w.set_exception(error)
+
+    def start_sink(self, sink: Sink) -> None:
+        """From now on hand body bytes to `sink` as llhttp delivers them,
+        beginning with what is already buffered. `wait_sink` follows them."""
+        body = self._body
+        if body:
+            data = body.popleft() if len(body) == 1 else b"".join(body)
+            body.clear()
+            self._buffered = 0
+            sink(data)
+            sink.flush()
+        self._sink = sink
+        if self._paused and self._state != _DONE:
+            self.resume_reading()
+
+    async def wait_sink(self) -> bool:
+        """With a sink: True once the body has ended, False when reading was
+        paused (`stop_reading`); raises the UpstreamError that broke it."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._state == _DONE:
+                return True
+            if self._paused:
+                return False
+            self._waiter = self.loop.create_future()
+            await self._waiter
+
+    def stop_reading(self) -> None:
+        """Pause reading from the upstream (the client is behind, or gone)."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self._last_data = self.loop.time()  # the upstream's idle clock restarts
+            self.transport.resume_reading()
 
     async def read_body(self) -> bytes:
         while True:
@@ -401,6 +461,7 @@ class Connection(asyncio.Protocol):
         self._head_request = head_request
         self._interim = 0
         self._stalled = 0
+        self._sink = None
         self._body.clear()
         self._buffered = 0
         self._error = None
@@ -412,6 +473,9 @@ class Connection(asyncio.Protocol):
             # Closed after acquire(): nothing would ever answer; say so now.
             self._fail(UpstreamError("reset", "the upstream had closed the connection"))
             return fut
+        if self._paused:  # the last body ended while its client was behind
+            self._paused = False
+            self.transport.resume_reading()
         if not self._parser_ready:
             # A parser per connection, kept across keep-alive exchanges (a new
             # one costs microseconds); a fresh one after anything unusual.
