@@ -202,7 +202,7 @@ async def dispatch(
     raise GatewayError(404, "No provider to send this request to", "provider_not_found")
 
 
-def _failure(runtime: ProviderRuntime, exc: UpstreamError) -> UpstreamFailure:
+def _failure(runtime: ProviderRuntime, exc: UpstreamError, pool: Pool) -> UpstreamFailure:
     """An upstream error before any response byte, as the client will see it."""
     name = runtime.name
     t = runtime.config.timeouts
@@ -214,7 +214,7 @@ def _failure(runtime: ProviderRuntime, exc: UpstreamError) -> UpstreamFailure:
         message = f"Provider '{name}' sent no response within {t.first_byte:g}s"
         return UpstreamFailure(kind, GatewayError(504, message, "upstream_timeout"))
     if kind == "connect":
-        where = f"{runtime.base_url.host}:{runtime.base_url.port}"
+        where = f"{pool.host}:{pool.port}"  # the replica's, with several
         message = f"Cannot connect to provider '{name}' at {where}: {exc}"
         return UpstreamFailure(kind, GatewayError(502, message, "upstream_unreachable"))
     if kind == "protocol":  # unsafe framing; `exc` names the problem, never a whole value
@@ -245,7 +245,7 @@ async def send(
         try:
             conn = await pool.acquire()
         except UpstreamError as exc:
-            raise _failure(runtime, exc) from None
+            raise _failure(runtime, exc, pool) from None
         try:
             return conn, await conn.send(
                 attempt.head, attempt.data, first_byte, attempt.head_request
@@ -254,7 +254,7 @@ async def send(
             pool.release(conn, reuse=False)
             if try_no == 0 and exc.kind == "reset" and exc.before_response and conn.reused:
                 continue
-            raise _failure(runtime, exc) from None
+            raise _failure(runtime, exc, pool) from None
         except BaseException:
             pool.release(conn, reuse=False)  # cancelled: the client left
             raise
@@ -308,7 +308,10 @@ async def relay(
         else:
             out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
             await out.prepare(request)
-            finished = await _pipe(ex, runtime, conn, out, t_sent)
+            if ex.chunk_filter is None or not ok:
+                finished = await _pipe(ex, runtime, conn, out, t_sent)
+            else:  # opted-in stream usage (sse_filter.py): edited in a coroutine copy
+                finished = await _copy(ex, runtime, upstream, out, t_sent, ex.chunk_filter)
         if finished:
             await out.write_eof()
             if ex.usage is not None and ok:  # after the client has the end: delays nothing
@@ -327,10 +330,15 @@ async def _copy(
     upstream: Response,
     out: web.StreamResponse,
     t_sent: float,
+    edit: Callable[[bytes], bytes] | None = None,
 ) -> bool:
     """A body of known length, read and written in turns (JSON answers mostly
     arrive whole with their head: one read, one write with the head). True
-    when it ended; False when the client left or the upstream broke."""
+    when it ended; False when the client left or the upstream broke.
+
+    With `edit` (Exchange.chunk_filter, a stream only): each chunk goes out
+    as `edit` returns it (b"": nothing), and `edit(b"")` at the end gives
+    what it held back."""
     outcome, sniff, tail = ex.outcome, ex.sniff, ex.usage
     read, write = upstream.read, out.write
     nbytes = 0
@@ -342,6 +350,11 @@ async def _copy(
                 _cut(ex, runtime, out, exc)
                 return False
             if not chunk:
+                if edit is not None and (rest := edit(b"")):
+                    try:
+                        await write(rest)
+                    except ConnectionError:
+                        return False
                 return True
             if not nbytes:
                 outcome.ttfb = perf_counter() - t_sent
@@ -350,6 +363,10 @@ async def _copy(
             if tail is not None:
                 tail.feed(chunk)
             nbytes += len(chunk)
+            if edit is not None:  # the side copies above saw the upstream's bytes
+                chunk = edit(chunk)
+                if not chunk:
+                    continue
             try:
                 await write(chunk)
             except ConnectionError:

@@ -37,6 +37,7 @@ from .config import ConfigError, GatewayConfig, Problem, ProviderConfig
 from .endpoints import ENDPOINTS, Endpoint
 from .provider_api import AUTH_HEADERS
 from .redact import provider_redactor
+from .replicas import ReplicaSet, outstanding
 from .secrets import Secret, SecretResolver, config_secret_refs
 from .upstream import Pool
 
@@ -65,6 +66,7 @@ class ProviderRuntime:
         "query",
         "redact",
         "refs",
+        "replicas",
         "request_lines",
         "timeout",
         "upstream_header_block",
@@ -152,6 +154,11 @@ class ProviderRuntime:
         self._pool: Pool | None = None
         self._tls: ssl.SSLContext | None = None
         self._closing = False
+        # Several replicas (gateway/replicas.py); None for one base_url, whose
+        # hot path stays as it was.
+        self.replicas: ReplicaSet | None = (
+            ReplicaSet(self, config.replicas) if config.replicas.enabled else None
+        )
 
     def __repr__(self) -> str:
         return f"ProviderRuntime({self.name!r}, {self.config.base_url!r})"
@@ -233,6 +240,24 @@ class ProviderRuntime:
             )
         return p
 
+    def replicas_state(self) -> list[dict]:
+        """Each upstream server: url, state, in_flight, requests, errors,
+        ejected_until. One base_url has no per-request counts of its own
+        (they would cost its hot path): requests and errors are None there."""
+        if self.replicas is not None:
+            return self.replicas.state()
+        in_flight = outstanding(self._pool) if self._pool is not None else 0
+        return [
+            {
+                "url": self.config.base_url,
+                "state": "up",
+                "in_flight": in_flight,
+                "requests": None,
+                "errors": None,
+                "ejected_until": None,
+            }
+        ]
+
     def same_as(self, other: ProviderRuntime) -> bool:
         return (
             self.config == other.config
@@ -247,6 +272,8 @@ class ProviderRuntime:
         snapshot that holds this runtime, so no request is using it now.
         """
         self._closing = True
+        if self.replicas is not None:
+            self.replicas.close()  # its tasks stop; requests in flight finish
         if self._session is not None or self._pool is not None:
             _spawn_close(self)
 
@@ -256,6 +283,8 @@ class ProviderRuntime:
         return self._closing and self._session is None and self._pool is None
 
     async def close(self) -> None:
+        if self.replicas is not None:
+            self.replicas.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
@@ -429,3 +458,5 @@ class SnapshotHolder:
 def _hold(snapshot: Snapshot) -> None:
     for runtime in snapshot.providers.values():
         runtime.refs += 1
+        if runtime.replicas is not None:
+            runtime.replicas.start()  # DNS and health tasks; no-op without a loop

@@ -760,3 +760,55 @@ def test_healthcheck_fails_when_nothing_listens(healthcheck, monkeypatch, capsys
         monkeypatch.setenv("GATEWAY_LISTEN", f"127.0.0.1:{s.getsockname()[1]}")
         assert healthcheck.main(["healthcheck.py", "/healthz"]) == 1
     assert "unhealthy" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# Scaling out: the standalone gateway, and a provider over a headless Service
+
+
+def standalone_objects(kind: str) -> list[dict]:
+    kust = load_kustomization(KUSTOMIZATIONS["standalone"])
+    return [d for d in kust.objects if d["kind"] == kind]
+
+
+def test_the_standalone_gateway_scales_out_with_an_hpa_and_a_pdb():
+    (deployment,) = standalone_objects("Deployment")
+    (hpa,) = standalone_objects("HorizontalPodAutoscaler")
+    (pdb,) = standalone_objects("PodDisruptionBudget")
+    assert hpa["apiVersion"] == "autoscaling/v2" and pdb["apiVersion"] == "policy/v1"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    # The autoscaler owns the count: a fixed one would be reset on every apply.
+    assert "replicas" not in deployment["spec"]
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    (cpu,) = [m for m in hpa["spec"]["metrics"] if m["resource"]["name"] == "cpu"]
+    assert cpu["resource"]["target"]["type"] == "Utilization"
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        assert container["resources"]["requests"]["cpu"]  # utilization needs a request
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    # A drain may take a pod while at least one keeps serving.
+    assert 1 <= pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_a_provider_is_backed_by_a_headless_service_of_model_server_pods():
+    from yarl import URL
+
+    from gateway.config import parse_provider
+
+    root = KUSTOMIZATIONS["standalone"]
+    services = {s["metadata"]["name"]: s for s in standalone_objects("Service")}
+    discovered = []
+    for path in sorted((root / "config" / "providers.d").glob("*.yaml")):
+        provider, problems = parse_provider(yaml.safe_load(path.read_text()), path)
+        assert problems == [], problems
+        if provider.replicas.dns:
+            discovered.append(provider)
+    assert discovered, "no provider uses DNS discovery"
+    for provider in discovered:
+        url = URL(provider.base_url)
+        service = services[url.host.split(".")[0]]
+        assert service["spec"]["clusterIP"] == "None"  # headless: every pod's address
+        assert url.port in [p["port"] for p in service["spec"]["ports"]]
+        assert service["spec"]["selector"] != {"app.kubernetes.io/name": "gateway"}
