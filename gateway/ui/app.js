@@ -7,14 +7,14 @@ const LANGS = ["en", "vi", "zh"];
 const LANG_KEY = "gateway.lang";
 // sessionStorage: the token lives as long as the tab and never leaves it
 // except in the Authorization header.
-const TOKEN_KEY = "gateway.admin-token";
+export const TOKEN_KEY = "gateway.admin-token";
 const MASK = "***";
 // Defaults of gateway.config.Timeouts / ProviderConfig.max_connections: an
 // edit sends these fields back only when a file set them to something else,
 // so that saving from the page neither drops them nor pins the defaults.
 const DEFAULT_TIMEOUTS = { connect: 10, first_byte: 600, idle: 300 };
 const DEFAULT_MAX_CONNECTIONS = 100;
-const FORM_FIELDS = ["name", "provider_type", "base_url", "api_key", "headers", "models", "proxy"];
+const FORM_FIELDS = ["name", "provider_type", "base_url", "replicas", "api_key", "headers", "models", "proxy"];
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
@@ -44,7 +44,7 @@ async function loadCatalog(lang) {
   return resp.json();
 }
 
-function t(key, vars = {}) {
+export function t(key, vars = {}) {
   const text = state.catalog[key] ?? state.fallback[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (m, name) => (name in vars ? String(vars[name]) : m));
 }
@@ -80,7 +80,7 @@ function applyStatic() {
 
 // -- API ---------------------------------------------------------------------
 
-class ApiError extends Error {
+export class ApiError extends Error {
   constructor(status, error) {
     super(error.message || `HTTP ${status}`);
     this.status = status;
@@ -90,7 +90,7 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
+export async function api(method, path, body) {
   const headers = { Accept: "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -173,7 +173,7 @@ async function refresh() {
 }
 
 // Errors that end the session or change the mode, whatever the action.
-function handleCommon(err) {
+export function handleCommon(err) {
   if (err.status === 401 || err.code === "admin_disabled") {
     signOut(authMessage(err, "auth.expired"));
     return true;
@@ -227,6 +227,7 @@ function fillForm(p) {
   $("#f-name").value = p ? p.name : "";
   $("#f-type").value = p ? p.provider_type : "custom";
   $("#f-base-url").value = p ? p.base_url : "";
+  $("#f-replicas").value = p && p.replicas ? p.replicas.join("\n") : "";
   $("#f-api-key").value = "";
   const headers = p ? Object.entries(p.headers || {}) : [];
   $("#f-headers").value = headers.map(([k, v]) => `${k}: ${v}`).join("\n");
@@ -244,6 +245,10 @@ function readForm() {
   };
   const baseUrl = $("#f-base-url").value.trim();
   if (baseUrl) body.base_url = baseUrl;
+  const replicas = $("#f-replicas")
+    .value.split(/\s+/)
+    .filter(Boolean);
+  if (replicas.length) body.replicas = replicas;
 
   // Blank on edit = keep the stored key: the API keeps it when api_key is absent.
   const key = $("#f-api-key").value;
@@ -292,6 +297,11 @@ function readForm() {
     if (editing.query && Object.keys(editing.query).length) body.query = editing.query;
     if (editing.endpoints) body.endpoints = editing.endpoints;
     if (editing.passthrough) body.passthrough = editing.passthrough;
+    // Replica settings beyond the URL list (YAML or the API).
+    const pooled = replicas.length || editing.discovery;
+    for (const f of ["discovery", "balancing", "health_check"]) {
+      if (editing[f] && pooled) body[f] = editing[f];
+    }
   }
   return { body, errors };
 }
@@ -326,7 +336,7 @@ async function save() {
 
 function fieldErrors(err) {
   // "headers.X-Title" and the like belong to the field they start with.
-  const field = err.field ? err.field.split(".")[0] : null;
+  const field = err.field ? err.field.split(".")[0].replace(/\[\d+\]$/, "") : null;
   const target = FORM_FIELDS.includes(field) ? field : "_form";
   if (err.code === "duplicate_name") return { name: { key: "error.duplicate" } };
   if (err.code === "no_seal_key") return { api_key: { key: "error.no_seal_key" } };
@@ -395,6 +405,9 @@ function render() {
   const tokenError = $("#token-error");
   tokenError.hidden = !state.signInError;
   tokenError.textContent = msg(state.signInError);
+  // The status page and the playground (their own modules) draw on this.
+  const detail = { signedIn, lang: state.lang };
+  document.dispatchEvent(new CustomEvent("gateway:render", { detail }));
   if (!signedIn) return;
 
   const ro = state.readOnly;

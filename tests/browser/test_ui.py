@@ -37,7 +37,8 @@ CUSTOM_LABEL = {"en": "Custom Provider", "vi": "Nhà cung cấp tùy chỉnh", "
 
 
 async def open_ui(page, gw, lang: str | None = None) -> None:
-    await page.goto(f"{gw.url}/ui/")
+    # The providers view (the landing view is the status page).
+    await page.goto(f"{gw.url}/ui/#providers")
     await expect(page.locator("body")).to_have_attribute("data-ready", "true")
     if lang is not None:
         await page.select_option("#lang", lang)
@@ -113,13 +114,13 @@ async def test_custom_provider_lifecycle(page, ui_gateway_factory, ui_upstream, 
     sealed_key = stored["api_key"]
 
     # Test connection: the models the upstream reports, fetched with the key.
-    ui_upstream.requests.clear()
+    ui_upstream.model_list_fetches.clear()
     await new_row.locator("[data-action=test]").click()
     panel = page.locator("#test-panel")
     await expect(panel).to_have_attribute("data-status", "ok")
     await expect(page.locator("#test-status")).to_have_text(t["test.ok"].replace("{count}", "2"))
     await expect(page.locator("#test-models li")).to_have_text(["llama-3.1-8b", "qwen2.5-7b"])
-    seen = [r for r in ui_upstream.requests if r.path == "/v1/models"]
+    seen = [r for r in ui_upstream.model_list_fetches if r.path == "/v1/models"]
     assert seen and seen[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert seen[-1].headers["X-Title"] == "ui-test"
     await page.screenshot(path=str(shots_dir / f"{lang}-3-list-and-test.png"), full_page=True)

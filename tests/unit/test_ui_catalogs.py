@@ -29,8 +29,9 @@ CATALOGS = {lang: load(lang) for lang in LANGS}
 
 def used_keys() -> set[str]:
     html = (UI / "index.html").read_text(encoding="utf-8")
-    js = (UI / "app.js").read_text(encoding="utf-8")
-    # Other dotted strings in app.js (storage keys such as "gateway.lang")
+    # The page's own scripts (app.js, status.js, playground.js...), not vendor/.
+    js = "\n".join(f.read_text(encoding="utf-8") for f in UI.iterdir() if f.name.endswith(".js"))
+    # Other dotted strings in the scripts (storage keys such as "gateway.lang")
     # are not catalog keys: only the catalog's own sections count.
     sections = {key.split(".")[0] for key in CATALOGS["en"]}
     keys = set(re.findall(r'data-i18n="([^"]+)"', html))
