@@ -27,6 +27,7 @@ from .models import UpstreamListError, fetch_upstream_models
 from .provider_api import DEFAULT_PASSTHROUGH
 from .redact import MASK, SECRETISH_HEADER
 from .reload import Reloader
+from .replicas_config import as_record
 from .request_body import read_body
 from .secrets import SecretError, SecretResolver
 from .snapshot import ProviderRuntime, Snapshot
@@ -90,6 +91,8 @@ def masked(provider: ProviderConfig) -> dict:
         "passthrough": list(provider.api.passthrough)
         if provider.api.passthrough != DEFAULT_PASSTHROUGH
         else None,
+        "stream_usage": provider.api.stream_usage,
+        **as_record(provider.replicas),  # replicas, discovery, balancing, health_check
         "source": provider.source,
     }
 
@@ -263,7 +266,11 @@ async def list_providers(request: web.Request) -> web.Response:
 
 async def get_provider(request: web.Request) -> web.Response:
     snapshot = authorize(request)
-    return _json(masked(_find(snapshot, request.match_info["name"])))
+    provider = masked(_find(snapshot, request.match_info["name"]))
+    runtime = snapshot.providers.get(provider["name"])
+    if runtime is not None:  # each upstream server and how it is doing now
+        provider["replicas_state"] = runtime.replicas_state()
+    return _json(provider)
 
 
 async def create_provider(request: web.Request) -> web.Response:

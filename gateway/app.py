@@ -23,11 +23,15 @@ from .errors import GatewayError, error_response
 from .forwarder import ANONYMOUS, CLIENT, forward
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .model_warmup import ModelWarmer
 from .models import find_model, list_models
 from .passthrough import ResponseOwners, by_response_id, passthrough
 from .reload import Reloader
+from .replica_metrics import replica_rows, replicas_by_provider
 from .snapshot import Snapshot, SnapshotHolder
+from .status import add_status_routes
 from .ui_routes import add_ui_routes
+from .usage_report import add_usage_routes
 
 HOLDER = web.AppKey("holder", SnapshotHolder)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -162,6 +166,11 @@ async def readyz(request: web.Request) -> web.Response:
         "providers": len(snapshot.providers),
         "pid": os.getpid(),  # tells `--workers` processes apart
     }
+    replicas = replicas_by_provider(snapshot)
+    if replicas:
+        # Shown, not judged: a backend with every replica out makes its own
+        # requests 503, while this gateway stays ready for the others.
+        body["replicas"] = replicas
     reloader = request.app.get(RELOADER)
     if reloader is not None:
         # A rejected reload leaves the gateway ready (the old config serves);
@@ -230,6 +239,7 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
     app = web.Application(client_max_size=_CLIENT_MAX_SIZE)
     app[HOLDER] = holder
     app[METRICS] = Metrics()
+    app[METRICS].replica_rows = lambda: replica_rows(holder.current)
     app[LIFECYCLE] = Lifecycle()
     app.on_response_prepare.append(response_head_hook(holder))
     r = app.router
@@ -240,6 +250,8 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
         # The admin API writes the store and reloads, so it needs a reloader;
         # each request checks that the live config sets admin.token.
         add_admin_routes(app, reloader)
+        add_status_routes(app, app[METRICS], reloader)
+        add_usage_routes(app, app[METRICS])
     app[OWNERS] = ResponseOwners()
     for path, endpoint in gateway_paths():
         r.add_post(path, partial(_proxy, endpoint))
@@ -261,8 +273,18 @@ def create_app(holder: SnapshotHolder, reloader: Reloader | None = None) -> web.
     r.add_route("OPTIONS", "/{tail:.*}", answer_preflight(not_found))
     r.add_route("*", "/{tail:.*}", not_found)
 
+    # Real model names in metric labels from the first request on.
+    warmer = ModelWarmer(holder)
+    if reloader is not None:
+        reloader.on_swap.append(warmer.warm)
+
+    async def start_warming(app: web.Application) -> None:
+        warmer.warm()
+
     async def close_pools(app: web.Application) -> None:
+        await warmer.close()
         await holder.close()
 
+    app.on_startup.append(start_warming)
     app.on_cleanup.append(close_pools)
     return app

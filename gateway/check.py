@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .config_errors import checkable
 from .reload import load_snapshot
 from .sealing import KID_RE
 from .secrets import config_secret_refs
@@ -57,11 +58,14 @@ def sealed_problem(text: str, scope: str, kids: set[str]) -> str | None:
 def public_key_check(path: Path, kids: set[str]) -> list[str]:
     """Every problem the check can find without the private key."""
     try:
-        config = load_config(path)
+        refs = config_secret_refs(load_config(path))
+        problems = []
     except ConfigError as exc:
-        return [str(p) for p in exc.problems]
-    problems = []
-    for ref in config_secret_refs(config):
+        # The structure is broken: the secrets that did parse are checked too,
+        # so that one run lists everything.
+        refs = checkable(exc.secrets)
+        problems = [str(p) for p in exc.problems]
+    for ref in refs:
         where = ref.file + (f": provider '{ref.provider}'" if ref.provider else "")
         where += f": field '{ref.field}'"
         if ref.kind == "plain":

@@ -1,4 +1,4 @@
-"""Command line: `gateway serve | check | keygen | seal | demo-upstream`."""
+"""Command line: `gateway serve | check | schema | keygen | seal | demo-upstream`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, config_path_from_env, parse_listen
-
-DEMO_LISTEN = "127.0.0.1:8081"
+from .demo_port import DEMO_LISTEN
+from .usage_report import add_usage_command, cmd_usage
 
 
 def _setup_logging(level: str) -> None:
@@ -42,6 +42,12 @@ def _key_name_arg(value: str) -> str:
     return value
 
 
+def _port_arg(value: str) -> int:
+    if not value.isdigit() or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0 to 65535)")
+    return int(value)
+
+
 def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
@@ -64,9 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo",
         action="store_true",
-        help=f"also run the built-in demo upstream on {DEMO_LISTEN} (see --demo-listen)",
+        help=f"also run the built-in demo upstream on {DEMO_LISTEN} (see --demo-port)",
     )
     serve.add_argument("--demo-listen", type=_listen_arg, default=DEMO_LISTEN)
+    serve.add_argument(
+        "--demo-port",
+        type=_port_arg,
+        metavar="N",
+        help="run the demo upstream on port N instead of 8081 (0 = any free port; implies "
+        "--demo); providers whose base_url is 127.0.0.1:8081 follow it",
+    )
     serve.add_argument(
         "--shutdown-grace",
         type=float,
@@ -103,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also fail on warnings (a config with no providers)",
     )
 
+    schema = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the config file, for editors (yaml-language-server)",
+    )
+    schema.add_argument(
+        "--provider",
+        action="store_true",
+        help="the schema of one include: fragment (providers.d/NAME.yaml) instead",
+    )
+
     keygen = sub.add_parser("keygen", help="create a key pair for sealing secrets")
     keygen.add_argument(
         "--out", required=True, help="directory for NAME.key (private, mode 0600) and NAME.pub"
@@ -127,12 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     # it back in an "unrecognized arguments" error.
     seal.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
 
+    add_usage_command(sub)  # gateway usage --url URL (usage_report.py)
     demo = sub.add_parser("demo-upstream", help="run only the built-in demo upstream")
     demo.add_argument("--listen", type=_listen_arg, default=DEMO_LISTEN)
     return parser
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .demo_port import DemoPortInUse, bind_demo_socket, follow_demo
     from .metrics_board import MetricsBoard
     from .reload import load_snapshot
     from .server import install_uvloop, serve
@@ -144,16 +169,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers
     # Made before forking: the workers share it (see metrics_board.py).
     board = MetricsBoard(workers) if workers > 1 else None
+    demo = None
+    if args.demo or args.demo_port is not None:
+        # Bound here, before the config is read and workers forked: a taken
+        # port is reported at once, and every load sees where the demo is.
+        try:
+            demo = bind_demo_socket(args.demo_listen, args.demo_port)
+        except DemoPortInUse as exc:
+            print(f"gateway: cannot start: {exc.strerror}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"gateway: cannot start the demo upstream: {exc}", file=sys.stderr)
+            return 1
+        follow_demo(demo)
 
     def run_one(index: int) -> int:
+        if demo is not None and index != 0:
+            demo.close()  # one demo upstream for the whole process tree
         install_uvloop()
         try:
             asyncio.run(
                 serve(
                     path,
                     listen=listen,
-                    # One demo upstream for the whole process tree.
-                    demo_listen=args.demo_listen if args.demo and index == 0 else None,
+                    demo_listen=demo if index == 0 else None,
                     shutdown_grace=args.shutdown_grace,
                     drain_delay=args.drain_delay,
                     reuse_port=workers > 1,
@@ -185,10 +224,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     path = Path(config_path_from_env(args.config))
     if args.public_key:
-        try:
-            kids = {load_public_key(p).kid for p in args.public_key}
-        except SecretError as exc:
-            print(f"gateway check: {exc}", file=sys.stderr)
+        kids, key_errors = set(), []
+        for key_file in args.public_key:  # every unreadable key at once, like the config
+            try:
+                kids.add(load_public_key(key_file).kid)
+            except SecretError as exc:
+                key_errors.append(str(exc))
+        if key_errors:
+            print("\n".join(f"gateway check: {e}" for e in key_errors), file=sys.stderr)
             return 1
         problems = public_key_check(path, kids)
         ok = f"{path}: OK without unsealing (structure, key ids and scopes)"
@@ -210,6 +253,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{path}: {n} problem{'s' * (n != 1)}:\n{lines}", file=sys.stderr)
         return 1
     print(ok)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import render
+
+    sys.stdout.write(render(provider=args.provider))
     return 0
 
 
@@ -294,13 +344,19 @@ def cmd_seal(args: argparse.Namespace) -> int:
 def cmd_demo_upstream(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from .demo_port import DemoPortInUse, bind_demo_socket
     from .demo_upstream import create_demo_app
     from .server import install_uvloop
 
     _setup_logging("info")
+    try:
+        sock = bind_demo_socket(args.listen, hint="--listen HOST:PORT")
+    except OSError as exc:
+        reason = exc.strerror if isinstance(exc, DemoPortInUse) else exc
+        print(f"gateway demo-upstream: cannot start: {reason}", file=sys.stderr)
+        return 1
     install_uvloop()
-    host, port = parse_listen(args.listen)
-    web.run_app(create_demo_app(), host=host, port=port, access_log=None, print=None)
+    web.run_app(create_demo_app(), sock=sock, access_log=None, print=None)
     return 0
 
 
@@ -318,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "serve": cmd_serve,
         "check": cmd_check,
+        "schema": cmd_schema,
         "keygen": cmd_keygen,
         "seal": cmd_seal,
         "demo-upstream": cmd_demo_upstream,
+        "usage": cmd_usage,
     }
     return handler[args.command](args)

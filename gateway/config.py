@@ -26,6 +26,20 @@ from yarl import URL
 from .cors import CorsConfig, parse_cors
 from .headercheck import header_name_problem, header_value_problem, printable
 from .provider_api import DEFAULT_API, ApiOptions, parse_api_options
+from .replicas_config import (
+    NO_REPLICAS,
+    REPLICA_FIELDS,
+    ReplicaOptions,
+    default_base_url,
+    parse_replica_options,
+)
+from .telemetry_config import (
+    DEFAULT_USAGE,
+    TracingConfig,
+    UsageSettings,
+    parse_tracing,
+    parse_usage,
+)
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -59,10 +73,22 @@ class Problem:
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; `problems` lists every mistake found."""
+    """The configuration is invalid; `problems` lists every mistake found.
 
-    def __init__(self, problems: list[Problem]):
+    From `load_config`, `secrets` and `seal_key_file` are what did parse, so
+    that the secrets can still be checked and reported in the same run
+    (gateway/config_errors.py) instead of after the structure is fixed.
+    """
+
+    def __init__(
+        self,
+        problems: list[Problem],
+        secrets: tuple[SecretRef, ...] = (),
+        seal_key_file: Path | None = None,
+    ):
         self.problems = problems
+        self.secrets = secrets
+        self.seal_key_file = seal_key_file
         super().__init__("\n".join(str(p) for p in problems))
 
 
@@ -124,6 +150,8 @@ class ProviderConfig:
     proxy_auth: SecretRef | None = None  # its USER:PASSWORD (Basic), a secret
     # Key header, fixed query, endpoints served, passthrough paths (provider_api)
     api: ApiOptions = DEFAULT_API
+    # Several replicas of one backend (gateway/replicas_config.py); off by default
+    replicas: ReplicaOptions = NO_REPLICAS
     source: str = "config"  # "config" (main file) or "store" (an include fragment)
     file: str = ""
 
@@ -199,6 +227,8 @@ class GatewayConfig:
     aliases: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     access_log: AccessLog = AccessLog()
     cors: CorsConfig | None = None  # None: CORS off (gateway/cors.py)
+    usage: UsageSettings = DEFAULT_USAGE  # gateway/telemetry_config.py
+    tracing: TracingConfig | None = None  # None: tracing off
     files: tuple[Path, ...] = ()  # every file read, for the reload watcher
     digest: str = ""  # a hash of those files' contents as they were read
 
@@ -229,6 +259,8 @@ TOP_KEYS = {
     "models",
     "access_log",
     "cors",
+    "usage",
+    "tracing",
 }
 # A provider's fields, in the order a person would write them (the admin API
 # writes fragments in this order).
@@ -248,6 +280,8 @@ PROVIDER_FIELDS = (
     "query",
     "endpoints",
     "passthrough",
+    "stream_usage",
+    *REPLICA_FIELDS,
 )
 PROVIDER_KEYS = frozenset(PROVIDER_FIELDS)
 
@@ -275,6 +309,7 @@ class _Parser:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.names: dict[str, str] = {}  # provider name -> file it was first defined in
+        self.secrets: list[SecretRef] = []  # every secret field that parsed, for the report
         # Every file as read, so the digest describes exactly what was loaded.
         self.digest = hashlib.sha256()
 
@@ -296,7 +331,9 @@ class _Parser:
         if value.startswith("env:") and not ENV_NAME_RE.match(value[4:]):
             self.problem(file, "env: must be followed by a variable name", provider, field)
             return None
-        return SecretRef(value, scope, str(file), field, provider)
+        ref = SecretRef(value, scope, str(file), field, provider)
+        self.secrets.append(ref)
+        return ref
 
     def env_prefixes(self, value, file: Path) -> tuple[str, ...]:
         """`admin.env_prefixes`: variable name prefixes the admin API may use."""
@@ -324,13 +361,17 @@ class _Parser:
         name = raw.get("name")
         before = len(self.problems)
         if not isinstance(name, str) or not NAME_RE.match(name):
+            # Every line about this provider names it the same way: by the
+            # name as written when there is one, by position only when not
+            # (a fragment without a name is named by its file alone).
+            shown = label if name is None or name == "" else printable(str(name))[:64]
             self.problem(
                 file,
                 "required: a slug of lowercase letters, digits, '-' and '_' (max 63)",
-                label if name is None else str(name),
+                shown,
                 "name",
             )
-            pname = label or "?"
+            pname = shown or ""
         elif name in RESERVED_NAMES:
             # These are the scopes of auth.api_keys and admin.token: a
             # provider by that name could be handed their sealed values and
@@ -356,7 +397,7 @@ class _Parser:
                 pname,
                 "provider_type",
             )
-        base_url = raw.get("base_url")
+        base_url = default_base_url(raw)  # the first of `replicas` if only they are given
         if base_url is None and ptype == "openai":
             base_url = OPENAI_BASE_URL
         if base_url is None:
@@ -439,6 +480,7 @@ class _Parser:
             )
 
         api = parse_api_options(self, raw, file, pname)
+        replicas = parse_replica_options(self, raw, file, pname, base_url)
 
         if len(self.problems) > before:
             return None
@@ -456,6 +498,7 @@ class _Parser:
             proxy=proxy,
             proxy_auth=proxy_auth,
             api=api,
+            replicas=replicas,
             source=source,
             file=str(file),
         )
@@ -709,6 +752,8 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
             models = ModelsSettings(**values)
 
     cors = parse_cors(parser, data.get("cors"), path)
+    usage = parse_usage(parser, data.get("usage"), path)
+    tracing = parse_tracing(parser, data.get("tracing"), path)
 
     providers: list[ProviderConfig] = []
     raw_providers = data.get("providers") or []
@@ -769,7 +814,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         aliases[alias] = tuple(resolved)
 
     if parser.problems:
-        raise ConfigError(parser.problems)
+        raise ConfigError(parser.problems, tuple(parser.secrets), seal_key_file)
     return GatewayConfig(
         path=path,
         listen_host=listen_host,
@@ -784,6 +829,8 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         aliases=MappingProxyType(aliases),
         access_log=access_log,
         cors=cors,
+        usage=usage,
+        tracing=tracing,
         files=tuple(files),
         digest=parser.digest.hexdigest()[:16],
     )

@@ -30,6 +30,9 @@ from .request_body import read_body
 from .rewrite import parse_model, request_head, rewrite_model
 from .router import Target, route
 from .snapshot import ProviderRuntime, Snapshot
+from .sse_filter import stream_usage_body
+from .tracing import begin as begin_span
+from .tracing import finish as finish_span
 from .usage import UsageTail
 
 log = logging.getLogger("gateway.forwarder")
@@ -73,8 +76,12 @@ async def handle(
         rid = new_request_id()
     outcome = Outcome()
     outcome.client = request.get(CLIENT, ANONYMOUS)
+    ex = Exchange(request, metrics, rid, outcome, t0)
+    tracing = snapshot.config.tracing
+    if tracing is not None:
+        ex.trace = begin_span(tracing, request)
     try:
-        resp = await run(Exchange(request, metrics, rid, outcome, t0), snapshot, *args)
+        resp = await run(ex, snapshot, *args)
     except GatewayError as exc:
         resp = exc.response()
         resp.headers["X-Request-Id"] = rid
@@ -102,6 +109,14 @@ async def handle(
         metrics.upstream_error(outcome.provider, outcome.error_kind)
     if outcome.usage is not None:
         metrics.tokens(outcome.provider, outcome.model, outcome.client, outcome.usage)
+    if outcome.endpoint is not None:
+        metrics.endpoint_done(outcome.endpoint, outcome.status)
+    if outcome.stream and outcome.ttfb is not None:
+        usage = outcome.usage
+        completion = usage.get("completion") if usage else None
+        metrics.stream_timing(outcome.provider, outcome.ttfb, duration, completion)
+    if ex.trace is not None:
+        finish_span(ex.trace, outcome, ex.usage)
     settings = snapshot.config.access_log
     if settings.enabled and (settings.sample_rate >= 1 or random() < settings.sample_rate):
         _log_access(request, rid, outcome, duration)
@@ -154,17 +169,19 @@ async def _forward(
 ) -> web.StreamResponse:
     ex.sniff = sniff
     ex.outcome.endpoint = endpoint.name
-    if endpoint.usage:
+    if endpoint.usage and snapshot.config.usage.enabled:
         ex.usage = UsageTail()
     request = ex.request
     body = await read_body(request, snapshot.config.limits.max_body_bytes)
     if endpoint.multipart:
+        payload = None
         model, start, end = multipart.find_model(body, request.headers.get("Content-Type"))
 
         def renamed(upstream_model: str) -> Body:
             return multipart.rewrite(body, start, end, upstream_model)
     else:
         payload, model = parse_model(body)
+        ex.outcome.stream = payload.get("stream") is True
 
         def renamed(upstream_model: str) -> Body:
             return rewrite_model(body, payload, upstream_model)
@@ -174,8 +191,12 @@ async def _forward(
 
     def attempt(runtime: ProviderRuntime, upstream_model: str) -> Attempt:
         data = body if upstream_model == model else renamed(upstream_model)
+        if runtime.config.api.stream_usage or ex.chunk_filter is not None:
+            data = stream_usage_body(ex, endpoint.name, runtime, payload, data)
         line = _request_line(runtime, endpoint, query)
         head = request_head(request.raw_headers, runtime, line, ex.rid, body_length(data))
+        if ex.trace is not None:
+            head = ex.trace.upstream_head(head, runtime, upstream_model)
         return Attempt(runtime, model_label(runtime, upstream_model), head, data)
 
     if len(targets) == 1:

@@ -13,6 +13,7 @@ codes, error kinds and token kinds are fixed sets, clients are the names of
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 
@@ -23,6 +24,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 from prometheus_client.registry import Collector
+
+from .metrics_usage import STATUS_CLASSES, TPOT_BOUNDS, usage_families
+from .replica_metrics import merge_rows, replica_families
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -81,6 +85,19 @@ class Metrics:
         self.tokens_total: dict[tuple[str, str, str, str], int] = {}
         # provider -> answers that should have reported usage and did not.
         self.requests_without_usage: dict[str, int] = {}
+        # (provider, model, client) -> answers whose usage was read (known or not).
+        self.usage_requests: dict[tuple[str, str, str], int] = {}
+        # Streams only: first body byte, and time per output token after it.
+        self.ttft: dict[str, Histogram] = {}
+        self.tpot: dict[str, Histogram] = {}
+        # endpoint -> answers by status class (index status // 100, 0-5):
+        # endpoints are the table's names plus "passthrough" and "responses/by_id".
+        self.endpoint_requests: dict[str, list[int]] = {}
+        self.started = time.time()
+        # () -> a row per replica of the live snapshot (replica_metrics.py),
+        # set by the app; rows added from other workers' states.
+        self.replica_rows: Callable[[], list[list]] | None = None
+        self.added_replica_rows: list[list] = []
         # Filled in by whoever owns reload state: () -> (successes, failures).
         self.reload_counts: Callable[[], tuple[int, int]] | None = None
         self.added_reloads: list[int] | None = None  # from add_state
@@ -125,8 +142,29 @@ class Metrics:
     def failover(self, alias: str) -> None:
         self.failovers[alias] = self.failovers.get(alias, 0) + 1
 
+    def endpoint_done(self, endpoint: str, status: int) -> None:
+        counts = self.endpoint_requests.get(endpoint)
+        if counts is None:
+            counts = self.endpoint_requests[endpoint] = [0] * len(STATUS_CLASSES)
+        counts[min(status // 100, 5)] += 1
+
+    def stream_timing(
+        self, provider: str, ttft: float, duration: float, completion: int | None
+    ) -> None:
+        """A stream's first byte; with more than one output token, the time per
+        token after the first (the first arrives at `ttft`)."""
+        h = self.ttft.get(provider)
+        if h is None:
+            h = self.ttft[provider] = Histogram(DURATION_BOUNDS)
+            self.tpot[provider] = Histogram(TPOT_BOUNDS)
+        h.observe(ttft)
+        if completion is not None and completion > 1:
+            self.tpot[provider].observe((duration - ttft) / (completion - 1))
+
     def tokens(self, provider: str, model: str, client: str, usage: dict[str, int]) -> None:
         """Count one answer's tokens by kind; an empty `usage` counts as unknown."""
+        key3 = (provider, model, client)
+        self.usage_requests[key3] = self.usage_requests.get(key3, 0) + 1
         if not usage:
             missing = self.requests_without_usage
             missing[provider] = missing.get(provider, 0) + 1
@@ -159,6 +197,12 @@ class Metrics:
             "failovers": dict(self.failovers),
             "tokens": [[*key, n] for key, n in self.tokens_total.items()],
             "requests_without_usage": dict(self.requests_without_usage),
+            "usage_requests": [[*key, n] for key, n in self.usage_requests.items()],
+            "ttft": {p: h.state() for p, h in self.ttft.items()},
+            "tpot": {p: h.state() for p, h in self.tpot.items()},
+            "endpoints": {e: list(c) for e, c in self.endpoint_requests.items()},
+            "started": self.started,
+            "replicas": self.replicas(),
             "reloads": self.reloads(),
         }
 
@@ -188,9 +232,39 @@ class Metrics:
         for provider, model, kind, client, n in state.get("tokens", ()):
             key = (provider, model, kind, client)
             self.tokens_total[key] = self.tokens_total.get(key, 0) + n
+        self._add_usage_state(state)
+        self.added_replica_rows.extend(state.get("replicas", ()))
         if state["reloads"] is not None:
             ok, failed = self.added_reloads or (0, 0)
             self.added_reloads = [ok + state["reloads"][0], failed + state["reloads"][1]]
+
+    def _add_usage_state(self, state: dict) -> None:
+        # .get throughout: a worker of an older version has none of these.
+        for provider, model, client, n in state.get("usage_requests", ()):
+            key = (provider, model, client)
+            self.usage_requests[key] = self.usage_requests.get(key, 0) + n
+        for mine, theirs, bounds in (
+            (self.ttft, state.get("ttft", {}), DURATION_BOUNDS),
+            (self.tpot, state.get("tpot", {}), TPOT_BOUNDS),
+        ):
+            for provider, h in theirs.items():
+                if provider not in mine:
+                    mine[provider] = Histogram(bounds)
+                mine[provider].add_state(h)
+        for endpoint, counts in state.get("endpoints", {}).items():
+            mine_counts = self.endpoint_requests.setdefault(endpoint, [0] * len(STATUS_CLASSES))
+            if len(counts) == len(mine_counts):
+                for i, n in enumerate(counts):
+                    mine_counts[i] += n
+        # The whole gateway started when its first worker did.
+        self.started = min(self.started, state.get("started", self.started))
+
+    def replicas(self) -> list[list]:
+        """Per-replica figures, summed over workers (see replica_metrics.py)."""
+        own = self.replica_rows() if self.replica_rows is not None else []
+        if not self.added_replica_rows:
+            return own
+        return merge_rows([*own, *self.added_replica_rows])
 
     def reloads(self) -> list[int] | None:
         """[successes, failures], or None where nothing reloads (a fixed snapshot)."""
@@ -203,13 +277,17 @@ class Metrics:
     # -- exposition ------------------------------------------------------------
 
     def render(self) -> bytes:
+        return generate_latest(self.merged().registry)
+
+    def merged(self) -> Metrics:
+        """These figures plus every other worker's (itself without `--workers`)."""
         if self.peers is None:
-            return generate_latest(self.registry)
+            return self
         merged = Metrics()
         merged.add_state(self.state())
         for state in self.peers():
             merged.add_state(state)
-        return generate_latest(merged.registry)
+        return merged
 
 
 class _Collector(Collector):
@@ -290,6 +368,9 @@ class _Collector(Collector):
         for provider, n in sorted(m.requests_without_usage.items()):
             c.add_metric([provider], n)
         yield c
+
+        yield from usage_families(m)
+        yield from replica_families(m.replicas())
 
         reloads = m.reloads()
         if reloads is not None:

@@ -98,6 +98,8 @@ class MetricsBoard:
         carried = self.read(index)  # a restarted worker's predecessor
         if carried is not None:
             carried["inflight"] = {}  # its requests ended with it
+            for row in carried.get("replicas", ()):
+                row[2] = row[6] = 0  # as did its requests on replicas and its ejections
             log.info("worker %d carries on the metrics of the worker it replaces", index)
 
         def own_state() -> dict:

@@ -1,7 +1,8 @@
 """How a provider is spoken to: key header, fixed query, endpoints served, passthrough paths.
 
 These are the provider fields that describe the upstream's API rather than
-where it is: `auth_header`, `query`, `endpoints` and `passthrough`. They
+where it is: `auth_header`, `query`, `endpoints`, `passthrough` and
+`stream_usage`. They
 are parsed here, beside the rules they follow, and stored on
 `ProviderConfig`.
 
@@ -49,6 +50,8 @@ class ApiOptions:
     query: tuple[tuple[str, str], ...] = ()  # added to every upstream request
     endpoints: frozenset[str] | None = None  # None: every endpoint of the table
     passthrough: tuple[str, ...] = DEFAULT_PASSTHROUGH
+    # Ask for usage on streams whose client did not (gateway/sse_filter.py).
+    stream_usage: bool = False
 
     def serves(self, endpoint: str) -> bool:
         return self.endpoints is None or endpoint in self.endpoints
@@ -75,7 +78,15 @@ def parse_api_options(parser: _Reporter, raw: Mapping, file: Any, pname: str) ->
         passthrough=_passthrough(parser, raw.get("passthrough"), file, pname)
         if raw.get("passthrough") is not None
         else DEFAULT_PASSTHROUGH,
+        stream_usage=_flag(parser, raw.get("stream_usage", False), file, pname, "stream_usage"),
     )
+
+
+def _flag(parser: _Reporter, value: object, file: Any, pname: str, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    parser.problem(file, "must be true or false", pname, field)
+    return False
 
 
 def _auth_header(parser: _Reporter, value: object, file: Any, pname: str) -> str:

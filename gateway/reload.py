@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig
+from .config_errors import load_config, load_resolver
+from .demo_port import moved_demo
 from .secrets import SecretResolver
 from .snapshot import Snapshot, SnapshotHolder, build_snapshot
 
@@ -27,30 +30,19 @@ def resolver_for(config: GatewayConfig) -> SecretResolver:
     resolved so that `gateway check` reports every failure in one run.
     With no key named, each sealed value fails on its own field.
     """
-    import os
+    from .secrets import config_secret_refs
 
-    from .config import Problem
-    from .sealing import Keyring
-    from .secrets import SecretError, config_secret_refs
-
-    from_env = os.environ.get("GATEWAY_SEAL_KEY_FILE")
-    path = Path(from_env) if from_env else config.seal_key_file
-    if path is None:
-        return SecretResolver()
-    try:
-        keyring = Keyring.load(path)
-    except SecretError as exc:
-        via = " (path from GATEWAY_SEAL_KEY_FILE)" if from_env else ""
-        problems = [Problem(str(config.path), f"{exc}{via}", field="seal_key_file")]
+    resolver, key_problem = load_resolver(config.seal_key_file, config.path)
+    if key_problem is not None:
         others = [r for r in config_secret_refs(config) if r.kind != "sealed"]
-        problems.extend(SecretResolver().resolve_all(others)[1])
-        raise ConfigError(problems) from None
-    return SecretResolver(unseal=keyring.unseal, seal=keyring.seal)
+        raise ConfigError([key_problem, *resolver.resolve_all(others)[1]]) from None
+    return resolver
 
 
 def load_snapshot(path: Path, previous: Snapshot | None = None) -> Snapshot:
-    """Parse, validate and unseal everything. Raises ConfigError."""
-    config = load_config(path)
+    """Parse, validate and unseal everything. Raises ConfigError listing every
+    problem, the secrets' included even when the structure is broken."""
+    config = moved_demo(load_config(path))  # unchanged without `serve --demo-port`
     return build_snapshot(config, resolver_for(config), previous)
 
 
@@ -103,6 +95,8 @@ class Reloader:
         self.status = ReloadStatus(
             last_success=holder.current.loaded_at, config_hash=holder.current.digest
         )
+        # Called with each snapshot swapped in (model_warmup.ModelWarmer.warm).
+        self.on_swap: list[Callable[[Snapshot], None]] = []
 
     def reload(self, reason: str = "requested", only_if_changed: bool = False) -> bool:
         """Try to make the config on disk live. True when it is live.
@@ -127,6 +121,8 @@ class Reloader:
             log.debug("config unchanged (%s): %s stays live", reason, current.digest)
             return True
         old = self.holder.swap(snapshot)
+        for listener in self.on_swap:
+            listener(snapshot)
         status = self.status
         status.successes += 1
         status.last_success = snapshot.loaded_at

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 from pathlib import Path
 
 from aiohttp import web
@@ -32,13 +33,18 @@ def install_uvloop() -> bool:
     return True
 
 
-async def start_demo_upstream(listen: str) -> web.AppRunner:
+async def start_demo_upstream(listen: str | socket.socket) -> web.AppRunner:
+    """The demo upstream on HOST:PORT, or on a socket bound beforehand (demo_port.py)."""
     from .demo_upstream import create_demo_app
 
-    host, port = parse_listen(listen)
     runner = web.AppRunner(create_demo_app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    if isinstance(listen, socket.socket):
+        host, port = listen.getsockname()[:2]
+        await web.SockSite(runner, listen).start()
+    else:
+        host, port = parse_listen(listen)
+        await web.TCPSite(runner, host, port).start()
     log.info("demo upstream listening on http://%s:%d/v1", host, port)
     return runner
 
@@ -117,7 +123,7 @@ async def start_gateway(
 async def serve(
     config_path: Path,
     listen: str | None = None,
-    demo_listen: str | None = None,
+    demo_listen: str | socket.socket | None = None,
     shutdown_grace: float = 30.0,
     watch_interval: float = 0.5,
     drain_delay: float = 0.0,

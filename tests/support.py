@@ -57,6 +57,11 @@ class Upstream:
     # None: `/models` goes to `handler` like everything else.
     models: list[str] | None = field(default_factory=lambda: ["m1", "m2"])
     requests: list[Recorded] = field(default_factory=list)
+    # The gateway's own GET .../models list fetches (its User-Agent), answered
+    # from `models`: kept apart from `requests`, since the gateway fetches
+    # lists in the background (model_warmup.py) and tests read `requests[-1]`
+    # as the request they sent. A client's passthrough GET stays in `requests`.
+    model_list_fetches: list[Recorded] = field(default_factory=list)
     handler: Handler | None = None
     # Set when a streaming handler notices its client (the gateway) went away.
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -83,14 +88,17 @@ class Upstream:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(
-            Recorded(request.method, request.path, request.headers, body, request.raw_path)
-        )
+        seen = Recorded(request.method, request.path, request.headers, body, request.raw_path)
         if request.path.endswith("/models") and request.method == "GET" and self.models is not None:
+            if request.headers.get("User-Agent", "").startswith("gateway/"):
+                self.model_list_fetches.append(seen)  # the gateway's own list fetch
+            else:
+                self.requests.append(seen)  # a client's, passed through
             data = [
                 {"id": m, "object": "model", "created": 1, "owned_by": "up"} for m in self.models
             ]
             return web.json_response({"object": "list", "data": data})
+        self.requests.append(seen)
         if self.handler is not None:
             return await self.handler(request)
         payload = orjson.loads(body) if body else {}

@@ -71,7 +71,9 @@ def spawn_nginx(procs: bench.Procs, tmp: Path, upstream_port: int) -> bench.Chil
     conf = tmp / f"nginx-{port}.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=port))
     core = procs.pin[0] if procs.pin else None
-    return procs.spawn("nginx", [nginx, "-c", str(conf), "-e", str(tmp / "nginx-stderr.log")], port, core)
+    return procs.spawn(
+        "nginx", [nginx, "-c", str(conf), "-e", str(tmp / "nginx-stderr.log")], port, core
+    )
 
 
 def spawn_upstream(procs: bench.Procs, chunks: int, interval: float) -> bench.Child:
@@ -90,7 +92,9 @@ def start_targets(procs: bench.Procs, tmp: Path, upstream_port: int) -> list[ben
         targets.append(bench.Target(kind, label, child))
     nginx = spawn_nginx(procs, tmp, upstream_port)
     if nginx is None:
-        bench.say("  nginx not installed (Debian: apt-get install -y nginx-light): its column is empty")
+        bench.say(
+            "  nginx not installed (Debian: apt-get install -y nginx-light): its column is empty"
+        )
     else:
         bench.wait_ready(nginx)
         targets.append(bench.Target("nginx", "nginx", nginx))
@@ -175,7 +179,7 @@ def ramp(t: bench.Target, req: bytes, levels: list[int], seconds: float) -> dict
     """Streams at 50 chunks/s, more at each level: TTFT and the proxy's CPU share."""
     pids = bench.process_tree(t.child.pid)
     out: dict = {"levels": []}
-    base_p95 = None
+    base_p50 = None
     carried = 0
     for n in levels:
 
@@ -189,9 +193,11 @@ def ramp(t: bench.Target, req: bytes, levels: list[int], seconds: float) -> dict
         p50 = bench.pct(ttfts, 50) if ttfts else float("nan")
         p95 = bench.pct(ttfts, 95) if ttfts else float("nan")
         busy = cpu / wall if wall else float("nan")
-        if base_p95 is None:
-            base_p95 = p95
-        degraded = errors > 0 or not ttfts or p95 > max(2 * base_p95, base_p95 + 5) or busy > 0.9
+        if base_p50 is None:
+            base_p50 = p50
+        # The median, not a tail: on a shared 2-core machine one hiccup moves
+        # a p95 by hundreds of ms; a proxy out of CPU moves the median.
+        degraded = errors > 0 or not ttfts or p50 > max(2 * base_p50, base_p50 + 2) or busy > 0.9
         out["levels"].append(
             {
                 "streams": n,
@@ -228,7 +234,9 @@ def phase_chunks(procs: bench.Procs, tmp: Path, s: bench.Settings) -> dict:
         cpu_round(t, bench.raw_request(t.port, bench.STREAM_BODY), expected)
     for r in range(max(3, s.rounds * 2)):
         for t in bench.rotate(targets, r):
-            rounds[t.key].append(cpu_round(t, bench.raw_request(t.port, bench.STREAM_BODY), expected))
+            rounds[t.key].append(
+                cpu_round(t, bench.raw_request(t.port, bench.STREAM_BODY), expected)
+            )
     out: dict = {"streams": STREAMS, "events_per_stream": events, "targets": {}}
     for t in targets:
         rs = rounds[t.key]
@@ -279,8 +287,17 @@ def rows(res: dict) -> list[bench.Row]:
         ),
     ]
     errors = sum(x["errors"] + x["bytes_differ"] for x in t.values())
-    out.append(bench.Row("chunks: errors or differing bytes (all)", None, None, str(errors),
-                         target="0", passed=errors == 0, ratios=False))
+    out.append(
+        bench.Row(
+            "chunks: errors or differing bytes (all)",
+            None,
+            None,
+            str(errors),
+            target="0",
+            passed=errors == 0,
+            ratios=False,
+        )
+    )
     carried = {k: v["ramp"]["carried"] for k, v in t.items() if "ramp" in v}
     out.append(
         bench.Row(

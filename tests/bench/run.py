@@ -50,7 +50,9 @@ INTERVAL = 0.02
 # The upstream's schedule: the first event at once, then one every INTERVAL.
 STREAM_SCHEDULE_MS = (CHUNKS - 1) * INTERVAL * 1000
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
-POOL = 2000  # upstream connections allowed, gateway and forwarder alike
+MANY_STREAMS_MAX = 5000  # the most concurrent streams a phase opens
+# Upstream connections allowed, gateway and forwarder alike: one per stream.
+POOL = MANY_STREAMS_MAX + 100
 
 
 def _body(stream: bool) -> bytes:
@@ -119,7 +121,7 @@ class Settings:
                 idle_requests=40,
                 stream_c1=5,
                 stream_c10_batches=2,
-                many_streams=1000,
+                many_streams=MANY_STREAMS_MAX,
                 startup_runs=3,
                 workers_rounds=7,
             )
@@ -813,6 +815,9 @@ def phase_workers(procs: Procs, tmp: Path, s: Settings, wrk: str | None, cpus: l
     script.write_text(WRK_SCRIPT.format(body=BODY.decode(), headers=headers))
     config = tmp / "gateway-workers.yaml"
     config.write_text(
+        # Client connections past the default 4,096 for the many-streams phase
+        # (the gateway lowers it to what `ulimit -n` allows, and says so).
+        f"limits: {{max_connections: {2 * MANY_STREAMS_MAX}}}\n"
         "providers:\n"
         "  - name: bench\n"
         "    provider_type: custom\n"
@@ -1120,6 +1125,9 @@ def spawn_kind(kind: str, procs: Procs, tmp: Path, upstream_port: int | None) ->
         return procs.spawn("minimal-forwarder", argv, port, core_proxy)
     config = tmp / "gateway.yaml"
     config.write_text(
+        # Client connections past the default 4,096 for the many-streams phase
+        # (the gateway lowers it to what `ulimit -n` allows, and says so).
+        f"limits: {{max_connections: {2 * MANY_STREAMS_MAX}}}\n"
         "providers:\n"
         "  - name: bench\n"
         "    provider_type: custom\n"
@@ -1583,6 +1591,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument(
         "--chunks-only", action="store_true", help="only the CPU-per-chunk phase (with nginx)"
     )
+    parser.add_argument(
+        "--replicas-only", action="store_true", help="only the 3 replicas vs one base_url phase"
+    )
+    parser.add_argument(
+        "--usage-only", action="store_true", help="only the usage/tracing on vs off phase"
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     s = Settings.make(args.quick, args.repeat)
 
@@ -1639,6 +1653,20 @@ def main(argv: Iterable[str] | None = None) -> int:
             results["chunks"] = phase_chunks.phase_chunks(procs, tmp, s)
             report(phase_chunks.rows(results["chunks"]), results, args.json)
             return 0
+        import phase_replicas
+
+        if args.replicas_only:
+            say("one provider over 3 replicas vs one base_url, c=64, interleaved")
+            results["replicas"] = phase_replicas.phase_replicas(procs, tmp, s, wrk)
+            report(phase_replicas.rows(results["replicas"]), results, args.json)
+            return 0
+        import phase_usage
+
+        if args.usage_only:
+            say("usage accounting and tracing on vs both off, c=64, interleaved")
+            results["usage"] = phase_usage.phase_usage(procs, tmp, s, wrk)
+            report(phase_usage.rows(results["usage"]), results, args.json)
+            return 0
         say(f"[1/6] start-up and idle RSS ({s.startup_runs} start(s) each)")
         startup = {}
         up_child, startup["direct"] = start_and_measure("direct", procs, tmp, None, s.startup_runs)
@@ -1680,12 +1708,18 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"({s.workers_rounds} x {s.wrk_seconds}s each)"
         )
         results["workers"] = phase_workers(procs, tmp, s, wrk, cpus)
+        say("[+] one provider over 3 replicas vs one base_url, c=64, interleaved")
+        results["replicas"] = phase_replicas.phase_replicas(procs, tmp, s, wrk)
+        say("[+] usage accounting and tracing on vs both off, c=64, interleaved")
+        results["usage"] = phase_usage.phase_usage(procs, tmp, s, wrk)
         say("done measuring")
         for t in targets:
             if t.child.popen.poll() is not None:
                 raise RuntimeError(f"{t.child.name} died during the bench:\n{t.child.log_tail()}")
 
         rows = build_rows(results, s) + workers_rows(results["workers"])
+        rows += phase_replicas.rows(results["replicas"])
+        rows += phase_usage.rows(results["usage"])
         say("")
         say(render(rows))
         say("")

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from gateway.endpoints import ENDPOINTS
+from tests.integration.test_hot_reload import eventually
 from tests.support import SSE_FIXTURES, split_awkwardly
 
 PROVIDER_KEY = "sk-upstream-endpoints-1"
@@ -385,6 +386,9 @@ async def test_body_over_the_limit_is_413(gateway_factory, upstream, multipart_b
 
 async def test_metrics_count_responses_and_transcriptions(gateway, upstream):
     upstream.handler = transcribed
+    # The list is fetched in the background at start-up (model_warmup.py).
+    ids = lambda: gateway.holder.current.providers["up"].model_cache.ids  # noqa: E731
+    await eventually(lambda: "m2" in ids(), what="model list warmed")
     before = await scrape(gateway)
     status, _, _ = await post(f"{gateway.base_url}/responses", orjson.dumps({"model": "up/m1"}))
     assert status == 200
@@ -408,8 +412,8 @@ async def test_metrics_count_responses_and_transcriptions(gateway, upstream):
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0) - before.get(key, 0)
 
-    assert delta("gateway_requests_total", provider="up", model="other", status="200") == 2
-    assert delta("gateway_requests_total", provider="up", model="m2", status="200") == 1
+    assert delta("gateway_requests_total", provider="up", model="m1", status="200") == 1
+    assert delta("gateway_requests_total", provider="up", model="m2", status="200") == 2
     assert delta("gateway_request_duration_seconds_count", provider="up") == 3
     assert delta("gateway_forwarded_bytes_total", provider="up") > 0
 

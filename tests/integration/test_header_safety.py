@@ -44,9 +44,10 @@ async def test_env_key_with_a_trailing_newline_reaches_the_upstream_without_it(
             assert r.status == 200
         async with s.get(f"{gw.base_url}/models") as r:  # the aiohttp-session path
             assert r.status == 200
-    seen = [req.headers.getall("Authorization") for req in upstream.requests]
+    received = [*upstream.requests, *upstream.model_list_fetches]
+    seen = [req.headers.getall("Authorization") for req in received]
     assert len(seen) == 3 and all(auth == [f"Bearer {KEY}"] for auth in seen)
-    assert all("X-Injected" not in req.headers for req in upstream.requests)
+    assert all("X-Injected" not in req.headers for req in received)
 
 
 async def test_env_key_with_crlf_is_rejected_on_reload_and_old_config_serves(

@@ -492,7 +492,7 @@ async def get_models(session: aiohttp.ClientSession, gw: GatewayUnderTest) -> li
 
 
 def model_fetches(up: Upstream) -> int:
-    return sum(1 for r in up.requests if r.path.endswith("/models"))
+    return len(up.model_list_fetches)
 
 
 async def test_models_cache_refetched_only_for_changed_providers(

@@ -47,16 +47,16 @@ async def test_models_merged_prefixed_and_cached(gateway_factory, upstream_facto
         "static/fixed-2",
     ]
     assert all(m["object"] == "model" for m in body["data"])
-    assert a.requests[-1].headers["Authorization"] == "Bearer key-a"
+    assert a.model_list_fetches[-1].headers["Authorization"] == "Bearer key-a"
     # Cached: a second listing asks no upstream again.
     await get(f"{gw.base_url}/models")
-    assert len(a.requests) == 1 and len(b.requests) == 1
+    assert len(a.model_list_fetches) == 1 and len(b.model_list_fetches) == 1
 
 
 async def test_concurrent_listings_share_one_fetch(gateway, upstream):
     results = await asyncio.gather(*(get(f"{gateway.base_url}/models") for _ in range(10)))
     assert all(status == 200 for status, _ in results)
-    assert len(upstream.requests) == 1
+    assert len(upstream.model_list_fetches) == 1
 
 
 async def test_provider_down_is_left_out(gateway_factory, upstream):

@@ -240,7 +240,9 @@ async def demo_pair() -> AsyncIterator[tuple[RecordingDemo, RecordingDemo]]:
 
         @web.middleware
         async def record(request, handler, demo=demo):
-            demo.seen.append((request.method, request.raw_path))
+            # Not the gateway's own background model-list fetch (model_warmup.py).
+            if not request.headers.get("User-Agent", "").startswith("gateway/"):
+                demo.seen.append((request.method, request.raw_path))
             return await handler(request)
 
         app.middlewares.append(record)
