@@ -111,7 +111,7 @@ async def handle(
         metrics.tokens(outcome.provider, outcome.model, outcome.client, outcome.usage)
     if outcome.endpoint is not None:
         metrics.endpoint_done(outcome.endpoint, outcome.status)
-    if outcome.stream and outcome.ttfb is not None:
+    if outcome.stream and outcome.ttfb is not None and outcome.status < 300:
         usage = outcome.usage
         completion = usage.get("completion") if usage else None
         metrics.stream_timing(outcome.provider, outcome.ttfb, duration, completion)

@@ -54,6 +54,7 @@ class Tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.config = config
@@ -66,6 +67,10 @@ class Tracing:
             self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer("gateway")
         self.propagator = TraceContextTextMapPropagator()
+        # Looked up once here rather than imported per request.
+        self.client_kind = SpanKind.CLIENT
+        self.in_context = set_span_in_context
+        self.error_status = Status(StatusCode.ERROR)
 
 
 def _processor(config: TracingConfig) -> Any:
@@ -113,10 +118,11 @@ def tracer_provider(config: TracingConfig) -> Any:
 class RequestSpan:
     """One request's span and what the upstream is told about it."""
 
-    __slots__ = ("model", "runtime", "span", "trace_headers")
+    __slots__ = ("error_status", "model", "runtime", "span", "trace_headers")
 
-    def __init__(self, span: Any, trace_headers: bytes):
+    def __init__(self, span: Any, trace_headers: bytes, error_status: Any):
         self.span = span
+        self.error_status = error_status
         self.trace_headers = trace_headers  # traceparent (and tracestate) lines
         self.model: str | None = None  # the model the provider is asked for
         self.runtime: ProviderRuntime | None = None
@@ -135,21 +141,17 @@ def begin(config: TracingConfig, request: web.Request) -> RequestSpan | None:
     """Start the request's span, its parent the client's traceparent if any."""
     try:
         t = tracing_for(config)
-        from opentelemetry.trace import SpanKind
-
         parent = t.propagator.extract(carrier=request.headers)
-        span = t.tracer.start_span("gateway", context=parent, kind=SpanKind.CLIENT)
+        span = t.tracer.start_span("gateway", context=parent, kind=t.client_kind)
         carrier: dict[str, str] = {}
-        from opentelemetry.trace import set_span_in_context
-
-        t.propagator.inject(carrier, context=set_span_in_context(span))
+        t.propagator.inject(carrier, context=t.in_context(span))
     except Exception:
         log.exception("tracing: starting a span failed; this request is not traced")
         return None
     block = b"".join(
         f"\r\n{name}: {value}".encode("latin-1", "replace") for name, value in carrier.items()
     )
-    return RequestSpan(span, block)
+    return RequestSpan(span, block, t.error_status)
 
 
 def finish(rs: RequestSpan, outcome: Outcome, tail: UsageTail | None) -> None:
@@ -195,10 +197,8 @@ def _finish(rs: RequestSpan, outcome: Outcome, tail: UsageTail | None) -> None:
         attrs["http.response.status_code"] = outcome.status
     error = outcome.error_kind or (str(outcome.status) if outcome.status >= 400 else None)
     if error is not None:
-        from opentelemetry.trace import Status, StatusCode
-
         attrs["error.type"] = error
-        span.set_status(Status(StatusCode.ERROR))
+        span.set_status(rs.error_status)
     span.set_attributes(attrs)
     span.end()
 

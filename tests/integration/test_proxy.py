@@ -57,8 +57,7 @@ async def test_http_upstream_through_the_proxy(gateway_factory, upstream, proxy)
         assert ids == ["up/m1", "up/m2"]
     # (The model list may have gone first: it is fetched in the background at start-up.)
     assert (
-        f"POST http://127.0.0.1:{upstream.port}/v1/chat/completions HTTP/1.1"
-        in proxy.request_lines
+        f"POST http://127.0.0.1:{upstream.port}/v1/chat/completions HTTP/1.1" in proxy.request_lines
     )
     assert f"GET http://127.0.0.1:{upstream.port}/v1/models HTTP/1.1" in proxy.request_lines
     chats = [r for r in upstream.requests if r.path == "/v1/chat/completions"]

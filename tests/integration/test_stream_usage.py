@@ -143,3 +143,37 @@ async def test_json_answers_and_error_bodies_are_untouched(gw, upstream):
             assert r.status == 400 and await r.read() == error
     before = await scrape(gw)
     assert before is not None
+
+
+async def test_admin_api_writes_and_shows_stream_usage(tmp_path, upstream, monkeypatch):
+    import yaml
+
+    from gateway.sealing import write_keypair
+    from tests.support import start_gateway_from, write_config
+
+    monkeypatch.setenv("GW_SU_ADMIN", "admin-token-stream-usage")
+    cfg = tmp_path / "cfg"
+    write_keypair(cfg / "keys")
+    (cfg / "providers.d").mkdir(parents=True)
+    path = write_config(
+        cfg,
+        'include: providers.d\nseal_key_file: keys/seal.key\nadmin: {token: "env:GW_SU_ADMIN"}\n',
+    )
+    gw = await start_gateway_from(path)
+    headers = {"Authorization": "Bearer admin-token-stream-usage"}
+    try:
+        async with aiohttp.ClientSession(headers=headers) as s:
+            body = {"name": "su", "base_url": upstream.base_url, "stream_usage": True}
+            async with s.post(f"{gw.url}/admin/providers", json=body) as r:
+                assert r.status == 201, await r.text()
+                assert (await r.json())["stream_usage"] is True
+            async with s.post(
+                f"{gw.url}/admin/providers", json={**body, "name": "x", "stream_usage": "yes"}
+            ) as r:
+                assert r.status == 422
+                assert "stream_usage" in await r.text()
+        stored = yaml.safe_load((cfg / "providers.d" / "su.yaml").read_text())
+        assert stored["stream_usage"] is True
+        assert gw.holder.current.providers["su"].config.api.stream_usage is True
+    finally:
+        await gw.close()
