@@ -1712,6 +1712,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         results["replicas"] = phase_replicas.phase_replicas(procs, tmp, s, wrk)
         say("[+] usage accounting and tracing on vs both off, c=64, interleaved")
         results["usage"] = phase_usage.phase_usage(procs, tmp, s, wrk)
+        say(
+            "[+] CPU per relayed chunk: gateway, minimal forwarder, nginx; streams one core carries"
+        )
+        results["chunks"] = phase_chunks.phase_chunks(procs, tmp, s)
         say("done measuring")
         for t in targets:
             if t.child.popen.poll() is not None:
@@ -1720,6 +1724,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         rows = build_rows(results, s) + workers_rows(results["workers"])
         rows += phase_replicas.rows(results["replicas"])
         rows += phase_usage.rows(results["usage"])
+        rows += phase_chunks.rows(results["chunks"])
         say("")
         say(render(rows))
         say("")
