@@ -62,7 +62,12 @@ def model_label(runtime: ProviderRuntime, model: str) -> str:
 
 
 async def handle(
-    request: web.Request, snapshot: Snapshot, metrics: Metrics, run: Run, *args: object
+    request: web.Request,
+    snapshot: Snapshot,
+    metrics: Metrics,
+    run: Run,
+    *args: object,
+    client: str | None = None,
 ) -> web.StreamResponse:
     """Serve one proxied request with `run(exchange, snapshot, *args)`.
 
@@ -75,7 +80,8 @@ async def handle(
         # A UUID: some servers (llama-cpp-python) refuse any other X-Request-Id.
         rid = new_request_id()
     outcome = Outcome()
-    outcome.client = request.get(CLIENT, ANONYMOUS)
+    # The client's name: given by the caller, or set on the request by auth.
+    outcome.client = request.get(CLIENT, ANONYMOUS) if client is None else client
     ex = Exchange(request, metrics, rid, outcome, t0)
     tracing = snapshot.config.tracing
     if tracing is not None:
@@ -101,7 +107,13 @@ async def handle(
         outcome.status = 500
     duration = perf_counter() - t0
     metrics.request_done(
-        outcome.provider, outcome.model, outcome.status, duration, outcome.ttfb, outcome.bytes
+        outcome.provider,
+        outcome.model,
+        outcome.status,
+        duration,
+        outcome.ttfb,
+        outcome.bytes,
+        outcome.endpoint,
     )
     if outcome.overhead:
         metrics.overhead.observe(outcome.overhead)
@@ -109,8 +121,6 @@ async def handle(
         metrics.upstream_error(outcome.provider, outcome.error_kind)
     if outcome.usage is not None:
         metrics.tokens(outcome.provider, outcome.model, outcome.client, outcome.usage)
-    if outcome.endpoint is not None:
-        metrics.endpoint_done(outcome.endpoint, outcome.status)
     if outcome.stream and outcome.ttfb is not None and outcome.status < 300:
         usage = outcome.usage
         completion = usage.get("completion") if usage else None
@@ -153,12 +163,13 @@ def forward(
     endpoint: Endpoint,
     metrics: Metrics,
     sniff: Callable[[ProviderRuntime, bytes], bool] | None = None,
+    client: str | None = None,
 ) -> Awaitable[web.StreamResponse]:
     """Handle one model-routed POST: parse, route, forward, stream back.
 
     A plain function returning `handle`'s coroutine: one coroutine frame
     fewer on every resumption of the hot path."""
-    return handle(request, snapshot, metrics, _forward, endpoint, sniff)
+    return handle(request, snapshot, metrics, _forward, endpoint, sniff, client=client)
 
 
 async def _forward(
@@ -186,15 +197,20 @@ async def _forward(
         def renamed(upstream_model: str) -> Body:
             return rewrite_model(body, payload, upstream_model)
 
-    targets = _serving(await route(snapshot, model), endpoint, model)
+    targets = await route(snapshot, model)
+    if len(targets) != 1 or targets[0][0].config.api.endpoints is not None:
+        targets = _serving(targets, endpoint, model)  # not the one provider serving all
     query = request.raw_path.partition("?")[2]
+    name = endpoint.name
 
     def attempt(runtime: ProviderRuntime, upstream_model: str) -> Attempt:
         data = body if upstream_model == model else renamed(upstream_model)
         if runtime.config.api.stream_usage or ex.chunk_filter is not None:
-            data = stream_usage_body(ex, endpoint.name, runtime, payload, data)
-        line = _request_line(runtime, endpoint, query)
-        head = request_head(request.raw_headers, runtime, line, ex.rid, body_length(data))
+            data = stream_usage_body(ex, name, runtime, payload, data)
+        # The provider's prebuilt line, unless the client sent a query string.
+        line = runtime.request_lines[name] if not query else _request_line(runtime, endpoint, query)
+        size = len(data) if type(data) is bytes else body_length(data)
+        head = request_head(request.raw_headers, runtime, line, ex.rid, size)
         if ex.trace is not None:
             head = ex.trace.upstream_head(head, runtime, upstream_model)
         return Attempt(runtime, model_label(runtime, upstream_model), head, data)
@@ -216,8 +232,6 @@ def _request_line(runtime: ProviderRuntime, endpoint: Endpoint, query: str) -> b
 
 def _serving(targets: tuple[Target, ...], endpoint: Endpoint, model: str) -> tuple[Target, ...]:
     """The targets whose provider serves `endpoint` (a provider's `endpoints:`)."""
-    if len(targets) == 1 and targets[0][0].config.api.endpoints is None:
-        return targets  # the common case: one provider, serving every endpoint
     serving = tuple(t for t in targets if t[0].config.api.serves(endpoint.name))
     if serving:
         return serving

@@ -122,18 +122,29 @@ class Metrics:
         duration: float,
         ttfb: float | None,
         nbytes: int,
+        endpoint: str | None = None,
     ) -> None:
+        # Once per request: the histograms' observe() is written out here
+        # (a call per observation was a measurable share of the chat path).
         key = (provider, model, str(status))
         self.requests[key] = self.requests.get(key, 0) + 1
         h = self.duration.get(provider)
         if h is None:
             h = self.duration[provider] = Histogram(DURATION_BOUNDS)
             self.ttfb[provider] = Histogram(DURATION_BOUNDS)
-        h.observe(duration)
+        h.counts[bisect_left(DURATION_BOUNDS, duration)] += 1
+        h.sum += duration
         if ttfb is not None:
-            self.ttfb[provider].observe(ttfb)
+            h = self.ttfb[provider]
+            h.counts[bisect_left(DURATION_BOUNDS, ttfb)] += 1
+            h.sum += ttfb
         if nbytes:
             self.bytes_forwarded[provider] = self.bytes_forwarded.get(provider, 0) + nbytes
+        if endpoint is not None:
+            counts = self.endpoint_requests.get(endpoint)
+            if counts is None:
+                counts = self.endpoint_requests[endpoint] = [0] * len(STATUS_CLASSES)
+            counts[min(status // 100, 5)] += 1
 
     def upstream_error(self, provider: str, kind: str) -> None:
         key = (provider, kind)
@@ -141,12 +152,6 @@ class Metrics:
 
     def failover(self, alias: str) -> None:
         self.failovers[alias] = self.failovers.get(alias, 0) + 1
-
-    def endpoint_done(self, endpoint: str, status: int) -> None:
-        counts = self.endpoint_requests.get(endpoint)
-        if counts is None:
-            counts = self.endpoint_requests[endpoint] = [0] * len(STATUS_CLASSES)
-        counts[min(status // 100, 5)] += 1
 
     def stream_timing(
         self, provider: str, ttft: float, duration: float, completion: int | None

@@ -16,7 +16,6 @@ guessed, and never a reason to change what the client gets.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from json import JSONDecoder
 
@@ -27,6 +26,7 @@ HEAD_BYTES = 4096  # `message_start` comes first and is small
 # hundred bytes, and this is held for every stream in flight.
 TAIL_BYTES = 4096
 _USAGE_SPAN = 4096  # a usage object is a few hundred bytes; decode no more than this
+_WHOLE_JSON = 16 * 1024  # a JSON answer up to this is parsed whole
 _MAX_CANDIDATES = 8  # `"usage"` occurrences looked at, newest first
 _MAX_TOKENS = 1 << 53  # above this a count is nonsense (and loses precision as a float)
 
@@ -73,7 +73,18 @@ class UsageTail:
 
     def result(self) -> dict[str, int]:
         """Token counts by kind (those the upstream reported); {} for unknown."""
-        head = b"".join(self.head)
+        head = self.head[0] if len(self.head) == 1 else b"".join(self.head)
+        if not self.tail and head.startswith(b"{") and len(head) <= _WHOLE_JSON:
+            # A whole JSON answer (chat, completions, embeddings, Responses,
+            # Messages): orjson reads all of it in C faster than the key
+            # search below runs in Python.
+            try:
+                usage = orjson.loads(head)
+            except orjson.JSONDecodeError:
+                usage = None
+            if type(usage) is dict:
+                usage = usage.get("usage")
+                return counts(usage) if type(usage) is dict else {}
         if self.dropped:
             usage = _last_usage(b"".join(self.tail))
         else:  # the whole body is here: search it as one
@@ -89,49 +100,61 @@ class UsageTail:
 
 
 def counts(usage: dict) -> dict[str, int]:
-    """The kinds of tokens in one usage object, whichever API's shape it has."""
+    """The kinds of tokens in one usage object, whichever API's shape it has.
+
+    Runs once per answer on the hot path: the checks are written out rather
+    than called (`_valid`), a call each was a measurable share."""
     get = usage.get
     if "prompt_tokens" in usage or "completion_tokens" in usage:
         # Chat and completions (JSON and SSE), embeddings (prompt only).
         prompt, completion = get("prompt_tokens"), get("completion_tokens")
-        cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
-        reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+        cached, reasoning = get("prompt_tokens_details"), get("completion_tokens_details")
     elif "input_tokens_details" in usage or "output_tokens_details" in usage:
         # Responses: input_tokens already includes the cached ones.
         prompt, completion = get("input_tokens"), get("output_tokens")
-        cached = _detail(usage, "input_tokens_details", "cached_tokens")
-        reasoning = _detail(usage, "output_tokens_details", "reasoning_tokens")
+        cached, reasoning = get("input_tokens_details"), get("output_tokens_details")
     else:
-        # Messages: input_tokens leaves out cache reads and writes; the prompt
-        # is all three, so that cached_prompt <= prompt as for the others.
-        prompt = get("input_tokens")
-        if _valid(prompt):
-            for k in ("cache_read_input_tokens", "cache_creation_input_tokens"):
-                n = get(k)
-                if _valid(n):
-                    prompt += n
-        completion, cached, reasoning = get("output_tokens"), get("cache_read_input_tokens"), None
+        return _messages_counts(usage)
+    out = {}
+    if type(prompt) is int and 0 <= prompt < _MAX_TOKENS:
+        out["prompt"] = prompt
+    if type(completion) is int and 0 <= completion < _MAX_TOKENS:
+        out["completion"] = completion
+    if out:
+        if type(cached) is dict:
+            n = cached.get("cached_tokens")
+            if type(n) is int and 0 <= n < _MAX_TOKENS:
+                out["cached_prompt"] = n
+        if type(reasoning) is dict:
+            n = reasoning.get("reasoning_tokens")
+            if type(n) is int and 0 <= n < _MAX_TOKENS:
+                out["reasoning"] = n
+    return out
+
+
+def _messages_counts(usage: dict) -> dict[str, int]:
+    """Messages: input_tokens leaves out cache reads and writes; the prompt is
+    all three, so that cached_prompt <= prompt as for the others."""
+    get = usage.get
+    prompt = get("input_tokens")
+    if _valid(prompt):
+        for k in ("cache_read_input_tokens", "cache_creation_input_tokens"):
+            n = get(k)
+            if _valid(n):
+                prompt += n
     out = {}
     if _valid(prompt):
         out["prompt"] = prompt
+    completion, cached = get("output_tokens"), get("cache_read_input_tokens")
     if _valid(completion):
         out["completion"] = completion
-    if not out:
-        return out
-    if cached is not None and _valid(cached):
+    if out and _valid(cached):
         out["cached_prompt"] = cached
-    if reasoning is not None and _valid(reasoning):
-        out["reasoning"] = reasoning
     return out
 
 
 def _valid(n: object) -> bool:
     return type(n) is int and 0 <= n < _MAX_TOKENS
-
-
-def _detail(usage: dict, field: str, key: str) -> object:
-    details = usage.get(field)
-    return details.get(key) if isinstance(details, dict) else None
 
 
 def _last_usage(buf: bytes) -> object:
@@ -162,7 +185,6 @@ def _first_usage(buf: bytes) -> object:
 
 
 _NOT_A_KEY = object()
-_VALUE_START = re.compile(rb'"usage"[ \t\r\n]*:[ \t\r\n]*')
 _MAX_NESTING = 8  # `}` looked at before handing over to the general decoder
 
 
@@ -174,19 +196,25 @@ def _value_at(buf: bytes, pos: int) -> object:
     which costs a fraction of decoding text with `json` (this runs for every
     answer). Anything else, such as a brace inside a string, takes the
     general decoder, bounded by _USAGE_SPAN."""
-    m = _VALUE_START.match(buf, pos)
-    if m is None:
-        return _NOT_A_KEY  # text that only looks like the key
-    start = m.end()
+    start = pos + len(_KEY)
+    if not buf.startswith(b":", start):  # compact JSON has none of the spaces
+        rest = buf[start : start + _USAGE_SPAN]
+        stripped = rest.lstrip(_SPACE)
+        if not stripped.startswith(b":"):
+            return _NOT_A_KEY  # text that only looks like the key
+        start += len(rest) - len(stripped)
+    start += 1
+    if not buf.startswith(b"{", start):
+        rest = buf[start : start + _USAGE_SPAN]
+        start += len(rest) - len(rest.lstrip(_SPACE))
     if buf.startswith(b"{", start):
         end = buf.find(b"}", start)
         for _ in range(_MAX_NESTING):
             if end < 0 or end - start > _USAGE_SPAN:
                 return None  # cut off, or not a usage object
-            piece = buf[start : end + 1]
-            if piece.count(b"{") == piece.count(b"}"):
+            if buf.count(b"{", start, end) == buf.count(b"}", start, end) + 1:
                 try:
-                    return orjson.loads(piece)
+                    return orjson.loads(buf[start : end + 1])
                 except orjson.JSONDecodeError:
                     break
             end = buf.find(b"}", end + 1)

@@ -23,11 +23,11 @@ def samples(m: Metrics) -> dict[tuple[str, tuple], float]:
 def busy(n: int) -> Metrics:
     m = Metrics()
     for _ in range(n):
-        m.endpoint_done("chat/completions", 200)
+        m.request_done("up", "m1", 200, 1.25, 0.25, 10, "chat/completions")
         m.stream_timing("up", 0.25, 1.25, 11)  # 10 tokens after the first in 1 s
         m.tokens("up", "m1", "team-a", {"prompt": 5, "completion": 11})
-    m.endpoint_done("passthrough", 404)
-    m.endpoint_done("responses/by_id", 502)
+    m.request_done("up", "other", 404, 0.1, None, 0, "passthrough")
+    m.request_done("up", "other", 502, 0.1, None, 0, "responses/by_id")
     m.stream_timing("up", 0.5, 0.6, 1)  # one token: no time per token
     m.stream_timing("up", 0.5, 0.6, None)  # unknown usage: none either
     m.tokens("up", "m1", "team-b", {})
