@@ -12,22 +12,22 @@ leave a consistent directory.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from . import store
+from .admin_auth import ADMIN, AdminState, admin_route, authorize
 from .config import ProviderConfig, SecretRef, parse_provider
+from .config.provider_api import DEFAULT_PASSTHROUGH
+from .config.replicas import as_record
 from .errors import GatewayError
 from .models import UpstreamListError, fetch_upstream_models
-from .provider_api import DEFAULT_PASSTHROUGH
 from .redact import MASK, SECRETISH_HEADER
 from .reload import Reloader
-from .replicas_config import as_record
 from .request_body import read_body
 from .secrets import SecretError, SecretResolver
 from .snapshot import ProviderRuntime, Snapshot
@@ -37,16 +37,6 @@ WRITABLE_FIELDS = frozenset(store.FIELD_ORDER)
 SECRET_FIELDS = ("api_key", "proxy_auth")
 
 
-class AdminState:
-    def __init__(self, reloader: Reloader):
-        self.reloader = reloader
-        self.lock = asyncio.Lock()
-
-
-ADMIN = web.AppKey("admin", AdminState)
-_LEASED = web.RequestKey("leased_snapshot", Snapshot)
-
-
 def _error(status: int, message: str, code: str, field: str | None = None) -> GatewayError:
     extra = {"field": field} if field is not None else {}
     return GatewayError(status, message, code, **extra)
@@ -54,19 +44,6 @@ def _error(status: int, message: str, code: str, field: str | None = None) -> Ga
 
 def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def authorize(request: web.Request) -> Snapshot:
-    snapshot = request[_LEASED]
-    token = snapshot.admin_token
-    if token is None:
-        raise _error(
-            404, "The admin API is disabled: set admin.token in the config", "admin_disabled"
-        )
-    scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    if scheme.lower() != "bearer" or not token.matches(given.strip()):
-        raise _error(401, "Missing or invalid admin token", "invalid_admin_token")
-    return snapshot
 
 
 def masked(provider: ProviderConfig) -> dict:
@@ -411,30 +388,13 @@ async def verify_provider(request: web.Request) -> web.Response:
         return _json({"valid": False, "model": model, "error": error})
 
 
-def _wrap(handler):
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        # Leased like every handler: a reload meanwhile cannot close the
-        # pools this request uses (models, verify).
-        holder = request.app[ADMIN].reloader.holder
-        snapshot = holder.acquire()
-        request[_LEASED] = snapshot
-        try:
-            return await handler(request)
-        except GatewayError as exc:
-            return exc.response()
-        finally:
-            holder.release(snapshot)
-
-    return wrapped
-
-
 def add_admin_routes(app: web.Application, reloader: Reloader) -> None:
     app[ADMIN] = AdminState(reloader)
     r = app.router
-    r.add_get("/admin/providers", _wrap(list_providers))
-    r.add_post("/admin/providers", _wrap(create_provider))
-    r.add_get("/admin/providers/{name}", _wrap(get_provider))
-    r.add_put("/admin/providers/{name}", _wrap(replace_provider))
-    r.add_delete("/admin/providers/{name}", _wrap(delete_provider))
-    r.add_get("/admin/providers/{name}/models", _wrap(provider_models))
-    r.add_post("/admin/providers/{name}/verify", _wrap(verify_provider))
+    r.add_get("/admin/providers", admin_route(list_providers))
+    r.add_post("/admin/providers", admin_route(create_provider))
+    r.add_get("/admin/providers/{name}", admin_route(get_provider))
+    r.add_put("/admin/providers/{name}", admin_route(replace_provider))
+    r.add_delete("/admin/providers/{name}", admin_route(delete_provider))
+    r.add_get("/admin/providers/{name}/models", admin_route(provider_models))
+    r.add_post("/admin/providers/{name}/verify", admin_route(verify_provider))

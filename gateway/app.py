@@ -3,7 +3,8 @@
 Handlers lease the snapshot once, at the start (`holder.acquire()`), and
 release it when the response is done: a request runs to its end on the
 snapshot it started with, and its providers' pools stay open until then,
-whatever reloads happen meanwhile.
+whatever reloads happen meanwhile (gateway/lease.py; `_proxy` spells the
+lease out itself).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE
 
 from .admin import add_admin_routes
+from .cors import decorate, preflight
 from .endpoints import Endpoint, gateway_paths
 from .errors import GatewayError, error_response
 from .forwarder import ANONYMOUS, CLIENT, forward
+from .lease import HOLDER, Serve, serve_leased
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .model_warmup import ModelWarmer
@@ -33,7 +36,6 @@ from .status import add_status_routes
 from .ui_routes import add_ui_routes
 from .usage_report import add_usage_routes
 
-HOLDER = web.AppKey("holder", SnapshotHolder)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -91,33 +93,27 @@ async def _proxy(endpoint: Endpoint, request: web.Request) -> web.StreamResponse
     holder = request.app[HOLDER]
     snapshot = holder.acquire()
     try:
-        request[CLIENT] = check_auth(request, snapshot)
+        client = check_auth(request, snapshot)
         # forward() returns only after the last byte is written, so the
         # lease covers the whole stream.
         sniff = request.app[OWNERS].sniffer() if endpoint.remembers_ids else None
-        return await forward(request, snapshot, endpoint, request.app[METRICS], sniff)
+        return await forward(request, snapshot, endpoint, request.app[METRICS], sniff, client)
     except GatewayError as exc:
         return exc.response()
     finally:
         holder.release(snapshot)
-
-
-Serve = Callable[[web.Request, Snapshot], Awaitable[web.StreamResponse]]
 
 
 async def _leased(request: web.Request, serve: Serve) -> web.StreamResponse:
     """Lease the live snapshot for the whole answer, check the client's key,
     then `serve`. (The model-routed handler above spells this out itself:
     it is the hot path, and this is one coroutine frame more.)"""
-    holder = request.app[HOLDER]
-    snapshot = holder.acquire()
-    try:
+
+    async def authorized(request: web.Request, snapshot: Snapshot) -> web.StreamResponse:
         request[CLIENT] = check_auth(request, snapshot)
         return await serve(request, snapshot)
-    except GatewayError as exc:
-        return exc.response()
-    finally:
-        holder.release(snapshot)
+
+    return await serve_leased(request.app[HOLDER], request, authorized)
 
 
 async def _passthrough(request: web.Request) -> web.StreamResponse:
@@ -208,7 +204,7 @@ def response_head_hook(
             del headers[hdrs.SERVER]
         cors = holder.current.config.cors
         if cors is not None:
-            cors.decorate(request, headers)
+            decorate(cors, request, headers)
 
     return on_response_prepare
 
@@ -221,7 +217,7 @@ def answer_preflight(fallback: Handler) -> Handler:
     async def options(request: web.Request) -> web.StreamResponse:
         cors = request.app[HOLDER].current.config.cors
         if cors is not None:
-            answer = cors.preflight(request)
+            answer = preflight(cors, request)
             if answer is not None:
                 return answer
         return await fallback(request)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .config_errors import checkable
+from .config.check_all import checkable
 from .reload import load_snapshot
 from .sealing import KID_RE
 from .secrets import config_secret_refs

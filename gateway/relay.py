@@ -23,7 +23,7 @@ from .pipe import Pipe
 from .replica_send import send_to_replicas
 from .rewrite import response_headers
 from .snapshot import ProviderRuntime
-from .upstream import Connection, Pool, Response, UpstreamError
+from .upstream import Connection, ErrorKind, Pool, Response, UpstreamError
 from .usage import UsageTail
 
 if TYPE_CHECKING:
@@ -207,17 +207,17 @@ def _failure(runtime: ProviderRuntime, exc: UpstreamError, pool: Pool) -> Upstre
     name = runtime.name
     t = runtime.config.timeouts
     kind = exc.kind
-    if kind == "connect_timeout":
+    if kind is ErrorKind.CONNECT_TIMEOUT:
         message = f"Provider '{name}' did not accept a connection within {t.connect:g}s"
         return UpstreamFailure(kind, GatewayError(504, message, "upstream_connect_timeout"))
-    if kind == "first_byte_timeout":
+    if kind is ErrorKind.FIRST_BYTE_TIMEOUT:
         message = f"Provider '{name}' sent no response within {t.first_byte:g}s"
         return UpstreamFailure(kind, GatewayError(504, message, "upstream_timeout"))
-    if kind == "connect":
+    if kind is ErrorKind.CONNECT:
         where = f"{pool.host}:{pool.port}"  # the replica's, with several
         message = f"Cannot connect to provider '{name}' at {where}: {exc}"
         return UpstreamFailure(kind, GatewayError(502, message, "upstream_unreachable"))
-    if kind == "protocol":  # unsafe framing; `exc` names the problem, never a whole value
+    if kind is ErrorKind.PROTOCOL:  # unsafe framing; `exc` names the problem, never a whole value
         message = f"Provider '{name}' failed: {exc}"
         return UpstreamFailure(kind, GatewayError(502, message, "upstream_protocol_error"))
     message = f"Provider '{name}' failed: {exc}"
@@ -252,7 +252,7 @@ async def send(
             )
         except UpstreamError as exc:
             pool.release(conn, reuse=False)
-            if try_no == 0 and exc.kind == "reset" and exc.before_response and conn.reused:
+            if try_no == 0 and exc.kind is ErrorKind.RESET and exc.before_response and conn.reused:
                 continue
             raise _failure(runtime, exc, pool) from None
         except BaseException:

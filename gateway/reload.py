@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, GatewayConfig
-from .config_errors import load_config, load_resolver
+from .config.check_all import load_config, load_resolver
 from .demo_port import moved_demo
 from .secrets import SecretResolver
 from .snapshot import Snapshot, SnapshotHolder, build_snapshot

@@ -23,9 +23,9 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from .config.replicas import MAX_REPLICAS, HealthCheck
 from .replicas import Replica, ReplicaSet
-from .replicas_config import MAX_REPLICAS, HealthCheck
-from .upstream import UpstreamError
+from .upstream import ErrorKind, UpstreamError
 
 log = logging.getLogger("gateway.replicas")
 _HEALTH_BODY_LIMIT = 1 << 20  # a /v1/models list can be long; more is not a health answer
@@ -120,7 +120,7 @@ async def probe(rs: ReplicaSet, r: Replica, check: HealthCheck) -> None:
                 while chunk := await response.read():
                     size += len(chunk)
                     if size > _HEALTH_BODY_LIMIT:
-                        raise UpstreamError("other", "the health answer is too long")
+                        raise UpstreamError(ErrorKind.OTHER, "the health answer is too long")
                 finished = True
             finally:
                 pool.release(conn, reuse=finished)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import GatewayError
 from .replica_ring import affinity_key
 from .replicas import Replica, ReplicaSet
-from .upstream import Connection, Response
+from .upstream import Connection, ErrorKind, Response
 
 if TYPE_CHECKING:
     from .relay import Attempt
@@ -49,7 +49,7 @@ async def send_to_replicas(
         key = affinity_key(rs.affinity, rs.header_pattern, attempt.head, attempt.data)
     first = rs.pick(key)
     if first is None:
-        raise failure("no_healthy_replica", all_out(runtime, rs))
+        raise failure(ErrorKind.NO_HEALTHY_REPLICA, all_out(runtime, rs))
     try:
         conn, upstream = await _send_on(first, runtime, attempt, send)
     except failure as exc:

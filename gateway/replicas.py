@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 
 from yarl import URL
 
+from .config.replicas import ReplicaOptions
 from .replica_ring import Ring, header_pattern
-from .replicas_config import ReplicaOptions
-from .upstream import Connection, Pool, UpstreamError
+from .upstream import Connection, ErrorKind, Pool, UpstreamError
 
 if TYPE_CHECKING:
     from .snapshot import ProviderRuntime
@@ -48,22 +48,12 @@ class ReplicaPool(Pool):
         super().__init__(*args, **kwargs)
         self.server_name = server_name
 
-    @property
-    def outstanding(self) -> int:
-        """Requests on this replica now: connections handed out, plus waiters."""
-        return self._busy + len(self._waiters)
-
-
-def outstanding(pool: Pool) -> int:
-    """Requests using `pool` now (for one base_url's state)."""
-    return pool._busy + len(pool._waiters)
-
     async def _connect(self) -> Connection:
         if self.server_name is None or self.ssl is None:
             return await super()._connect()
         # A discovered address: connect to it, verify the certificate for the name.
         if self._closed:
-            raise UpstreamError("other", "the replica's pool is closed (it left)")
+            raise UpstreamError(ErrorKind.OTHER, "the replica's pool is closed (it left)")
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
@@ -75,11 +65,16 @@ def outstanding(pool: Pool) -> int:
                 )
         except TimeoutError:
             raise UpstreamError(
-                "connect_timeout", f"no connection within {self.connect_timeout:g}s"
+                ErrorKind.CONNECT_TIMEOUT, f"no connection within {self.connect_timeout:g}s"
             ) from None
         except OSError as exc:
-            raise UpstreamError("connect", exc.strerror or str(exc)) from None
+            raise UpstreamError(ErrorKind.CONNECT, exc.strerror or str(exc)) from None
         return conn
+
+
+def outstanding(pool: Pool) -> int:
+    """Requests using `pool` now (for one base_url's state)."""
+    return pool.outstanding
 
 
 class Replica:

@@ -18,7 +18,7 @@ cannot drift from what the loader accepts:
 A key the loader accepts but that nothing here describes (a new field whose
 hint maps to no JSON type) still appears, unconstrained. A nested dataclass
 is taken to have the section's keys as its fields; where a parser differs
-(replicas_config.py folds four keys into one dataclass, `tracing.enabled`
+(config/replicas.py folds four keys into one dataclass, `tracing.enabled`
 is a key but no field), SHAPES says so, and the tables of good and bad
 configs in the test catch a mismatch. tests/unit/test_schema.py checks that the
 checked-in schema/*.schema.json equal this output, that every shipped config
@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg
-from .cors import CORS_KEYS, MAX_MAX_AGE, CorsConfig
+from .config.cors import CORS_KEYS, MAX_MAX_AGE, CorsConfig
+from .config.provider_api import _PATTERN, _QUERY_NAME, AUTH_HEADERS, ApiOptions
+from .config.replicas import MAX_PREFIX_BYTES, MAX_REPLICAS
+from .config.telemetry import EXPORTERS
 from .endpoints import ENDPOINTS
 from .headercheck import _TOKEN_RE
-from .provider_api import _PATTERN, _QUERY_NAME, AUTH_HEADERS, ApiOptions
-from .replicas_config import MAX_PREFIX_BYTES, MAX_REPLICAS
-from .telemetry_config import EXPORTERS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
@@ -125,13 +125,13 @@ SHAPES: dict[str, dict[str, Any]] = {
     "provider.query": {"propertyNames": {"pattern": _QUERY_NAME.pattern}},
     "provider.passthrough": {"items": {"type": "string", "pattern": _PATTERN.pattern}},
     "provider.endpoints": {"type": ["array", "null"], "items": {"enum": list(ENDPOINTS)}},
-    # gateway/telemetry_config.py: `enabled` is a key but not a field.
+    # gateway/config/telemetry.py: `enabled` is a key but not a field.
     "tracing.enabled": {"type": "boolean"},
     "tracing.endpoint": {"pattern": "^https?://"},
     "tracing.exporter": {"enum": list(EXPORTERS)},
     "tracing.service_name": {"minLength": 1, "maxLength": 200},
     "tracing.sample_ratio": {"minimum": 0, "exclusiveMinimum": None, "maximum": 1},
-    # gateway/replicas_config.py: four keys parsed into one ReplicaOptions.
+    # gateway/config/replicas.py: four keys parsed into one ReplicaOptions.
     "provider.replicas": {
         "type": ["array", "null"],
         "minItems": 2,
@@ -285,7 +285,7 @@ def gateway_schema() -> dict[str, Any]:
     props = {key: _property(key, hints.get(key)) for key in sorted(cfg.TOP_KEYS)}
     if "access_log" in props:  # `access_log: true` is short for enabled: true
         props["access_log"] = {"anyOf": [{"type": "boolean"}, props["access_log"]]}
-    if "cors" in props:  # its keys are cors.py's own table
+    if "cors" in props:  # its keys are config/cors.py's own table
         props["cors"] = _nullable(_section(CorsConfig, "cors", CORS_KEYS))
     return {
         "$schema": DRAFT,

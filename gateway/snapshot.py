@@ -34,8 +34,8 @@ from yarl import URL
 
 from . import __version__
 from .config import ConfigError, GatewayConfig, Problem, ProviderConfig
+from .config.provider_api import AUTH_HEADERS
 from .endpoints import ENDPOINTS, Endpoint
-from .provider_api import AUTH_HEADERS
 from .redact import provider_redactor
 from .replicas import ReplicaSet, outstanding
 from .secrets import Secret, SecretResolver, config_secret_refs
@@ -243,14 +243,16 @@ class ProviderRuntime:
     def replicas_state(self) -> list[dict]:
         """Each upstream server: url, state, in_flight, requests, errors,
         ejected_until. One base_url has no per-request counts of its own
-        (they would cost its hot path): requests and errors are None there."""
+        (they would cost its hot path): requests and errors are None there,
+        and so is its state: nothing ejects it, so "up" would be a guess (a
+        status page showed a refused base_url as "up")."""
         if self.replicas is not None:
             return self.replicas.state()
         in_flight = outstanding(self._pool) if self._pool is not None else 0
         return [
             {
                 "url": self.config.base_url,
-                "state": "up",
+                "state": None,
                 "in_flight": in_flight,
                 "requests": None,
                 "errors": None,

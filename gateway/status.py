@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-# admin.py's own lease-and-authorize wrapper: the same check, not a copy of it.
-from .admin import _wrap, authorize
+# The admin API's lease-and-authorize gate: the same check, not a copy of it.
+from .admin_auth import admin_route, authorize
 from .endpoints import ENDPOINTS
 from .forwarder import CLIENT, forward
 from .metrics import DURATION_BOUNDS, OVERHEAD_BOUNDS, Histogram, Metrics
@@ -86,7 +86,8 @@ def _provider_rows(snapshot: Snapshot, m: Metrics) -> list[dict[str, Any]]:
     for (provider, kind), n in m.upstream_errors.items():
         if provider in rows:
             kinds = rows[provider]["upstream_errors"]
-            kinds[kind] = kinds.get(kind, 0) + n
+            # str(): an ErrorKind key is a str subclass, which orjson refuses as a key.
+            kinds[str(kind)] = kinds.get(str(kind), 0) + n
     for provider, by_kind in m.token_totals().items():
         if provider in rows:
             rows[provider]["tokens"] = by_kind
@@ -125,7 +126,7 @@ def _json(data: object) -> web.Response:
 
 def add_status_routes(app: web.Application, metrics: Metrics, reloader: Reloader) -> None:
     """`/admin/status` and `/admin/playground/*`, behind the admin token
-    (admin.py's check, on a leased snapshot)."""
+    (admin_auth.py's check, on a leased snapshot)."""
 
     async def status(request: web.Request) -> web.Response:
         snapshot = authorize(request)
@@ -142,6 +143,6 @@ def add_status_routes(app: web.Application, metrics: Metrics, reloader: Reloader
         return await forward(request, snapshot, _CHAT, metrics)
 
     r = app.router
-    r.add_get("/admin/status", _wrap(status))
-    r.add_get("/admin/playground/models", _wrap(playground_models))
-    r.add_post("/admin/playground/chat", _wrap(playground_chat))
+    r.add_get("/admin/status", admin_route(status))
+    r.add_get("/admin/playground/models", admin_route(playground_models))
+    r.add_post("/admin/playground/chat", admin_route(playground_chat))

@@ -1,7 +1,7 @@
 """OpenTelemetry tracing: one CLIENT span per proxied request, GenAI conventions.
 
 Optional: `pip install gateway[otel]`, then `tracing:` in the config or the
-standard OTEL_* environment (telemetry_config.py). opentelemetry is imported
+standard OTEL_* environment (gateway/config/telemetry.py). opentelemetry is imported
 here, lazily, only when a config turns tracing on; with tracing off the hot
 path pays one `is None` test (forwarder.handle).
 
@@ -24,7 +24,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .telemetry_config import TracingConfig
+from .config.telemetry import TracingConfig
 
 if TYPE_CHECKING:
     from aiohttp import web

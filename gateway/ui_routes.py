@@ -16,6 +16,7 @@ from importlib.resources.abc import Traversable
 from aiohttp import web
 
 from .errors import error_response
+from .lease import HOLDER
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -66,9 +67,6 @@ def load_ui_files() -> dict[str, tuple[bytes, str]]:
 
 
 def _admin_enabled(app: web.Application) -> bool:
-    # Imported here: gateway.app imports this module.
-    from .app import HOLDER
-
     holder = app.get(HOLDER)
     return holder is None or holder.current.admin_token is not None
 

@@ -20,11 +20,12 @@ import asyncio
 import contextlib
 import ssl as ssl_module
 from collections import deque
+from typing import NamedTuple
 
 from .upstream_conn import Connection
-from .upstream_types import Response, UpstreamError
+from .upstream_types import ErrorKind, Response, UpstreamError
 
-__all__ = ["Connection", "Pool", "Response", "UpstreamError"]
+__all__ = ["Connection", "ErrorKind", "Pool", "PoolStats", "Response", "UpstreamError"]
 
 _HEAD_LIMIT = 64 * 1024  # a proxy's answer to CONNECT
 
@@ -54,7 +55,16 @@ class _TunnelHandshake(asyncio.Protocol):
 
     def _fail(self, message: str) -> None:
         if not self.answer.done():
-            self.answer.set_exception(UpstreamError("connect", message))
+            self.answer.set_exception(UpstreamError(ErrorKind.CONNECT, message))
+
+
+class PoolStats(NamedTuple):
+    """A pool's state at one moment, for tests and status pages."""
+
+    idle: int  # kept-alive connections ready for the next request
+    busy: int  # connections handed out, or being opened
+    waiting: int  # acquire() calls queued for a free slot (cancelled ones until popped)
+    closed: bool  # close() was called: no new connections
 
 
 class Pool:
@@ -91,6 +101,15 @@ class Pool:
         # than one timer per connection per request).
         self._sweeper: asyncio.TimerHandle | None = None
 
+    def stats(self) -> PoolStats:
+        return PoolStats(len(self._idle), self._busy, len(self._waiters), self._closed)
+
+    @property
+    def outstanding(self) -> int:
+        """Requests using this pool now: connections handed out plus waiters.
+        Read per request when picking a replica: two reads, no allocation."""
+        return self._busy + len(self._waiters)
+
     async def acquire(self) -> Connection:
         idle = self._idle
         if idle:
@@ -121,7 +140,7 @@ class Pool:
 
     async def _connect(self) -> Connection:
         if self._closed:
-            raise UpstreamError("other", "the provider's pool is closed (config changed)")
+            raise UpstreamError(ErrorKind.OTHER, "the provider's pool is closed (config changed)")
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if self.proxy is not None:
@@ -135,10 +154,10 @@ class Pool:
                 )
         except TimeoutError:
             raise UpstreamError(
-                "connect_timeout", f"no connection within {self.connect_timeout:g}s"
+                ErrorKind.CONNECT_TIMEOUT, f"no connection within {self.connect_timeout:g}s"
             ) from None
         except OSError as exc:
-            raise UpstreamError("connect", exc.strerror or str(exc)) from None
+            raise UpstreamError(ErrorKind.CONNECT, exc.strerror or str(exc)) from None
         return conn
 
     async def _connect_via_proxy(self, proxy_host: str, proxy_port: int) -> Connection:
@@ -160,7 +179,7 @@ class Pool:
             parts = status_line.split(None, 2)
             if len(parts) < 2 or parts[1] != "200":
                 raise UpstreamError(
-                    "connect",
+                    ErrorKind.CONNECT,
                     f"the proxy {proxy_host}:{proxy_port} refused a tunnel to {target}: "
                     f"{status_line[:200]!r}",
                 )
@@ -244,4 +263,4 @@ class Pool:
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
-                fut.set_exception(UpstreamError("other", "the provider's pool was closed"))
+                fut.set_exception(UpstreamError(ErrorKind.OTHER, "the provider's pool was closed"))

@@ -6,22 +6,42 @@ Shared by `gateway.upstream_conn` (one connection) and `gateway.upstream`
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .upstream_conn import Connection
 
 
-class UpstreamError(Exception):
-    """The exchange failed. `kind` is a metrics label, one of a fixed set:
-    connect, connect_timeout, first_byte_timeout, idle_timeout, reset,
-    protocol (a response that cannot be framed safely), other.
-    `before_response` tells whether any of the response had arrived (so
-    failover is still safe)."""
+class ErrorKind(StrEnum):
+    """Why an exchange with an upstream failed: one fixed set for the client's
+    message (relay._failure), failover and replica ejection, and the `kind`
+    label of `gateway_upstream_errors_total`. A str enum, so that the label
+    is the value itself ("connect", not "ErrorKind.CONNECT") and a kind
+    compares equal to its string."""
 
-    def __init__(self, kind: str, message: str, before_response: bool = True):
+    CONNECT = "connect"  # refused, unreachable, DNS
+    CONNECT_TIMEOUT = "connect_timeout"
+    FIRST_BYTE_TIMEOUT = "first_byte_timeout"  # request sent, no response head in time
+    IDLE_TIMEOUT = "idle_timeout"  # a gap between two body chunks
+    RESET = "reset"  # the connection closed or broke under the exchange
+    PROTOCOL = "protocol"  # a response that cannot be framed safely
+    OTHER = "other"  # a closed pool, an oversized health answer...
+    # Not UpstreamError kinds, but counted under the same label: an answer
+    # whose status made failover move on, and a provider with every replica out.
+    STATUS = "status"
+    NO_HEALTHY_REPLICA = "no_healthy_replica"
+
+
+class UpstreamError(Exception):
+    """The exchange failed; `kind` says how (an ErrorKind; a plain string
+    naming one is accepted and converted). `before_response` tells whether
+    any of the response had arrived (so failover is still safe)."""
+
+    def __init__(self, kind: ErrorKind | str, message: str, before_response: bool = True):
         super().__init__(message)
-        self.kind = kind
+        # ErrorKind(...) raises on a typo'd kind instead of inventing a label.
+        self.kind = ErrorKind(kind)
         self.before_response = before_response
 
 

@@ -59,7 +59,7 @@ def usage_report(metrics: Metrics) -> dict[str, Any]:
 def add_usage_routes(app: web.Application, metrics: Metrics) -> None:
     from aiohttp import web
 
-    from .admin import _wrap, authorize
+    from .admin_auth import admin_route, authorize
 
     async def get_usage(request: web.Request) -> web.Response:
         authorize(request)
@@ -67,7 +67,7 @@ def add_usage_routes(app: web.Application, metrics: Metrics) -> None:
             body=orjson.dumps(usage_report(metrics)), content_type="application/json"
         )
 
-    app.router.add_get("/admin/usage", _wrap(get_usage))
+    app.router.add_get("/admin/usage", admin_route(get_usage))
 
 
 # -- the CLI -------------------------------------------------------------------

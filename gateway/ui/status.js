@@ -176,11 +176,14 @@ function replicaList(replicas) {
         { "data-state": r.state },
         el("code", {}, r.url),
         " ",
-        el(
-          "span",
-          { class: pill[r.state] || "pill" },
-          REPLICA_STATES[r.state] ? t(REPLICA_STATES[r.state]) : r.state,
-        ),
+        // A single base_url has no health state of its own (null): no badge.
+        r.state
+          ? el(
+              "span",
+              { class: pill[r.state] || "pill" },
+              REPLICA_STATES[r.state] ? t(REPLICA_STATES[r.state]) : r.state,
+            )
+          : "",
         " ",
         t("status.replica_inflight", { count: fmt.int(r.in_flight || 0) }),
       ),

@@ -3,7 +3,6 @@ through a real gateway and real loopback upstreams."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -11,19 +10,13 @@ import orjson
 
 from gateway.metrics import DURATION_BOUNDS, OVERHEAD_BOUNDS, Metrics
 from gateway.status import status_body
-from tests.support import split_awkwardly
+from tests.support import free_port, split_awkwardly
 
 FIXTURES = Path("/work/shared/fixtures/sse")
 MODEL = "llama-3.1-8b-instruct"
 ADMIN = "status-admin-token-9c1e"
 CLIENT_KEY = "sk-client-key-for-status-tests"
 UPSTREAM_KEY = "sk-upstream-secret-4d2a"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(upstream, *, auth: bool = False, extra: str = "") -> str:
@@ -83,8 +76,10 @@ async def test_status_counts_per_provider(gateway_factory, upstream):
         before = await get_status(s, gw)
         assert [p["name"] for p in before["providers"]] == ["up", "down"]
         assert all(p["requests"] == 0 for p in before["providers"])
-        # One base_url: no replica set, or a set of one (with replicas, issue 17).
-        assert all(p["replicas"] is None or len(p["replicas"]) == 1 for p in before["providers"])
+        # One base_url: a set of one, with no health state (nothing ejects
+        # it, so the page must not call a refused base_url "up").
+        assert all(len(p["replicas"]) == 1 for p in before["providers"])
+        assert all(p["replicas"][0]["state"] is None for p in before["providers"])
         for _ in range(3):
             async with s.post(f"{gw.base_url}/chat/completions", json=chat) as r:
                 assert r.status == 200 and await r.read() == stream

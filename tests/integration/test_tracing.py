@@ -128,7 +128,7 @@ async def test_tracing_off_sends_the_clients_traceparent_unchanged(gateway, upst
 
 
 def test_tracing_without_the_sdk_is_a_config_error(tmp_path, monkeypatch):
-    import gateway.telemetry_config as tc
+    import gateway.config.telemetry as tc
 
     monkeypatch.setattr(tc, "otel_installed", lambda: False)
     path = write_config(tmp_path, "tracing: {enabled: true}\nproviders: []\n")

@@ -1,4 +1,4 @@
-"""The `cors:` section: parsed by gateway/cors.py from load_config; every
+"""The `cors:` section: parsed by gateway/config/cors.py from load_config; every
 mistake names the file and the field, as the other sections do."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load_config
-from gateway.cors import DEFAULT_EXPOSE_HEADERS, normalize_origin
+from gateway.config.cors import DEFAULT_EXPOSE_HEADERS, normalize_origin
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -22,11 +22,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from yarl import URL
 
-from .headercheck import header_name_problem
+from ..headercheck import header_name_problem
+
+if TYPE_CHECKING:  # validate.py imports these modules (through schema.py)
+    from .validate import Parser
 
 MAX_REPLICAS = 256  # listed URLs, and addresses kept from one DNS answer
 MAX_PREFIX_BYTES = 64 * 1024
@@ -69,11 +72,6 @@ NO_REPLICAS = ReplicaOptions()
 REPLICA_FIELDS = ("replicas", "discovery", "balancing", "health_check")
 
 
-class _Reporter(Protocol):
-    def problem(self, file: Any, message: str, provider: Any = None, field: Any = None) -> None:
-        """Record a problem naming the file, provider and field."""
-
-
 def default_base_url(raw: Mapping) -> object:
     """`base_url` as written, or the first replica when only `replicas` is given."""
     base_url = raw.get("base_url")
@@ -84,7 +82,7 @@ def default_base_url(raw: Mapping) -> object:
 
 
 def parse_replica_options(
-    p: _Reporter, raw: Mapping, file: Any, pname: str, base_url: str | None
+    p: Parser, raw: Mapping, file: Any, pname: str, base_url: str | None
 ) -> ReplicaOptions:
     """The replica fields of one provider; problems go to `p`."""
     if not any(raw.get(f) is not None for f in REPLICA_FIELDS):
@@ -111,7 +109,7 @@ def parse_replica_options(
     )
 
 
-def _urls(p: _Reporter, value, file, pname: str, base_url: str | None) -> tuple[str, ...]:
+def _urls(p: Parser, value, file, pname: str, base_url: str | None) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not 2 <= len(value) <= MAX_REPLICAS:
@@ -147,7 +145,7 @@ def _urls(p: _Reporter, value, file, pname: str, base_url: str | None) -> tuple[
     return tuple(out)
 
 
-def _url(p: _Reporter, item, file, pname: str, field: str) -> URL | None:
+def _url(p: Parser, item, file, pname: str, field: str) -> URL | None:
     try:
         url = URL(item) if isinstance(item, str) and item else None
     except ValueError:
@@ -164,13 +162,13 @@ def _url(p: _Reporter, item, file, pname: str, field: str) -> URL | None:
     return url
 
 
-def _discovery(p: _Reporter, value, file, pname: str, base_url: str | None) -> tuple[bool, float]:
+def _discovery(p: Parser, value, file, pname: str, base_url: str | None) -> tuple[bool, float]:
     if value is None:
         return False, 10.0
     if not isinstance(value, Mapping):
         p.problem(file, "must be a mapping, e.g. {dns: true, interval: 10}", pname, "discovery")
         return False, 10.0
-    _unknown(p, value, {"dns", "interval"}, file, pname, "discovery.")
+    p.unknown_keys(value, {"dns", "interval"}, file, pname, "discovery.")
     dns = value.get("dns", False)
     if not isinstance(dns, bool):
         p.problem(file, "must be true or false", pname, "discovery.dns")
@@ -190,14 +188,14 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _balancing(p: _Reporter, value, file, pname: str) -> dict:
+def _balancing(p: Parser, value, file, pname: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         p.problem(file, "must be a mapping", pname, "balancing")
         return {}
     allowed = {"affinity", "eject_after", "eject_seconds", "eject_max_seconds", "retry_after_max"}
-    _unknown(p, value, allowed, file, pname, "balancing.")
+    p.unknown_keys(value, allowed, file, pname, "balancing.")
     out: dict[str, Any] = {}
     for key in allowed - {"affinity"}:
         if key in value:
@@ -210,7 +208,7 @@ def _balancing(p: _Reporter, value, file, pname: str) -> dict:
     return out
 
 
-def _affinity(p: _Reporter, value, file, pname: str) -> Affinity | None:
+def _affinity(p: Parser, value, file, pname: str) -> Affinity | None:
     field = "balancing.affinity"
     example = "must be one of {header: X-Session-Id}, {field: user} or {prefix_bytes: 1024}"
     if not isinstance(value, Mapping) or len(value) != 1:
@@ -235,14 +233,14 @@ def _affinity(p: _Reporter, value, file, pname: str) -> Affinity | None:
     return None
 
 
-def _health_check(p: _Reporter, value, file, pname: str) -> HealthCheck | None:
+def _health_check(p: Parser, value, file, pname: str) -> HealthCheck | None:
     if value is None:
         return None
     field = "health_check"
     if not isinstance(value, Mapping) or not isinstance(value.get("path"), str):
         p.problem(file, "must be a mapping with a path, e.g. {path: /health}", pname, field)
         return None
-    _unknown(p, value, {"path", "interval", "timeout"}, file, pname, "health_check.")
+    p.unknown_keys(value, {"path", "interval", "timeout"}, file, pname, "health_check.")
     path = value["path"]
     if not path.startswith("/") or any(c in path for c in " \r\n\t?#") or len(path) > 512:
         p.problem(file, "must be an absolute path such as /health", pname, f"{field}.path")
@@ -252,20 +250,13 @@ def _health_check(p: _Reporter, value, file, pname: str) -> HealthCheck | None:
     return HealthCheck(path, float(interval or 10.0), float(timeout or 2.0))
 
 
-def _number(p: _Reporter, value, file, pname: str, field: str, minimum: float, integer=False):
+def _number(p: Parser, value, file, pname: str, field: str, minimum: float, integer=False):
     ok = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok) or value < minimum or value <= 0:
         kind = "an integer" if integer else "a number"
         p.problem(file, f"must be {kind} greater than {minimum:g}", pname, field)
         return None
     return value
-
-
-def _unknown(p: _Reporter, data: Mapping, allowed: set[str], file, pname: str, prefix: str):
-    for key in data:
-        if key not in allowed:
-            known = ", ".join(sorted(allowed))
-            p.problem(file, f"unknown key (known keys: {known})", pname, f"{prefix}{key}")
 
 
 def as_record(options: ReplicaOptions) -> dict[str, object]:

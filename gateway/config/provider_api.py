@@ -19,10 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from fnmatch import fnmatchcase
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from .endpoints import ENDPOINTS
-from .headercheck import header_value_problem
+from ..endpoints import ENDPOINTS
+from ..headercheck import header_value_problem
+
+if TYPE_CHECKING:  # validate.py imports these modules (through schema.py)
+    from .validate import Parser
 
 AUTH_HEADERS = {
     "bearer": "Authorization",  # OpenAI and nearly every compatible server
@@ -64,12 +67,7 @@ class ApiOptions:
 DEFAULT_API = ApiOptions()
 
 
-class _Reporter(Protocol):
-    def problem(self, file: Any, message: str, provider: Any = None, field: Any = None) -> None:
-        """Record a problem naming the file, provider and field."""
-
-
-def parse_api_options(parser: _Reporter, raw: Mapping, file: Any, pname: str) -> ApiOptions:
+def parse_api_options(parser: Parser, raw: Mapping, file: Any, pname: str) -> ApiOptions:
     """The API fields of one provider; problems go to `parser`."""
     return ApiOptions(
         auth_header=_auth_header(parser, raw.get("auth_header", "bearer"), file, pname),
@@ -82,14 +80,14 @@ def parse_api_options(parser: _Reporter, raw: Mapping, file: Any, pname: str) ->
     )
 
 
-def _flag(parser: _Reporter, value: object, file: Any, pname: str, field: str) -> bool:
+def _flag(parser: Parser, value: object, file: Any, pname: str, field: str) -> bool:
     if isinstance(value, bool):
         return value
     parser.problem(file, "must be true or false", pname, field)
     return False
 
 
-def _auth_header(parser: _Reporter, value: object, file: Any, pname: str) -> str:
+def _auth_header(parser: Parser, value: object, file: Any, pname: str) -> str:
     if value in AUTH_HEADERS:
         return str(value)
     known = ", ".join(AUTH_HEADERS)
@@ -97,7 +95,7 @@ def _auth_header(parser: _Reporter, value: object, file: Any, pname: str) -> str
     return "bearer"
 
 
-def _query(parser: _Reporter, value: object, file: Any, pname: str) -> tuple[tuple[str, str], ...]:
+def _query(parser: Parser, value: object, file: Any, pname: str) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
@@ -121,7 +119,7 @@ def _query(parser: _Reporter, value: object, file: Any, pname: str) -> tuple[tup
     return tuple(pairs)
 
 
-def _endpoints(parser: _Reporter, value: object, file: Any, pname: str) -> frozenset[str] | None:
+def _endpoints(parser: Parser, value: object, file: Any, pname: str) -> frozenset[str] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
@@ -137,7 +135,7 @@ def _endpoints(parser: _Reporter, value: object, file: Any, pname: str) -> froze
     return frozenset(value)
 
 
-def _passthrough(parser: _Reporter, value: object, file: Any, pname: str) -> tuple[str, ...]:
+def _passthrough(parser: Parser, value: object, file: Any, pname: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         parser.problem(
             file, "must be a list of path patterns, e.g. [/v1/*, /tokenize]", pname, "passthrough"

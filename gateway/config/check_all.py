@@ -15,9 +15,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .config import NAME_RE, RESERVED_NAMES, ConfigError, GatewayConfig, Problem, SecretRef
-from .config import load_config as _load_config
-from .secrets import SecretError, SecretResolver
+from ..secrets import SecretError, SecretResolver
+from .load import load_config as _load_config
+from .schema import NAME_RE, RESERVED_NAMES, ConfigError, GatewayConfig, Problem, SecretRef
 
 
 def trusted_scope(ref: SecretRef) -> bool:
@@ -37,7 +37,7 @@ def load_resolver(
     """The resolver with the private keys named by GATEWAY_SEAL_KEY_FILE (which
     wins) or `seal_key_file`; with a key that does not load, a resolver
     without keys and the problem on `seal_key_file`."""
-    from .sealing import Keyring
+    from ..sealing import Keyring
 
     from_env = os.environ.get("GATEWAY_SEAL_KEY_FILE")
     path = Path(from_env) if from_env else seal_key_file

@@ -23,9 +23,12 @@ import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from yarl import URL
+
+if TYPE_CHECKING:  # validate.py imports these modules (through schema.py)
+    from .validate import Parser
 
 EXPORTERS = ("otlp", "console", "none")
 INSTALL_HINT = "pip install gateway[otel]"
@@ -49,19 +52,11 @@ class TracingConfig:
     sample_ratio: float = 1.0
 
 
-class _Reporter(Protocol):
-    def problem(self, file: Any, message: str, provider: Any = None, field: Any = None) -> None:
-        """Record a problem naming the file and the field."""
-
-    def unknown_keys(self, data: Mapping, allowed: set[str], file, provider=None, prefix=""):
-        """Record a problem for each key not in `allowed`."""
-
-
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("true", "1", "yes")
 
 
-def parse_usage(parser: _Reporter, raw: object, path: Any) -> UsageSettings:
+def parse_usage(parser: Parser, raw: object, path: Any) -> UsageSettings:
     env_off = os.environ.get("GATEWAY_USAGE", "").strip().lower() in ("off", "false", "0")
     if raw is None:
         return UsageSettings(enabled=not env_off)
@@ -80,7 +75,7 @@ def otel_installed() -> bool:
     return importlib.util.find_spec("opentelemetry.sdk") is not None
 
 
-def parse_tracing(parser: _Reporter, raw: object, path: Any) -> TracingConfig | None:
+def parse_tracing(parser: Parser, raw: object, path: Any) -> TracingConfig | None:
     """The tracing settings, or None when tracing is off."""
     if _env_true("OTEL_SDK_DISABLED"):
         return None
@@ -125,7 +120,7 @@ def parse_tracing(parser: _Reporter, raw: object, path: Any) -> TracingConfig | 
     return TracingConfig(endpoint, service, exporter, float(ratio))
 
 
-def _from_environment(parser: _Reporter, path: Any) -> TracingConfig | None:
+def _from_environment(parser: Parser, path: Any) -> TracingConfig | None:
     names = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
     found = next((n for n in names if os.environ.get(n)), None)
     if found is None or os.environ.get("OTEL_TRACES_EXPORTER", "").strip() == "none":
