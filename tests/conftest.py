@@ -5,24 +5,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
 
 from gateway.demo_upstream import create_demo_app
-from tests.support import GatewayUnderTest, Upstream, start_gateway_from, write_config
+from gateway.reload import load_snapshot
+from gateway.snapshot import Snapshot
+from tests.support import (
+    GatewayUnderTest,
+    Upstream,
+    factory,
+    serve_app,
+    start_gateway_from,
+    write_config,
+)
 
 
 @pytest.fixture
 async def upstream_factory():
-    started: list[Upstream] = []
-
-    async def make(**kwargs) -> Upstream:
-        up = await Upstream(**kwargs).start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        await up.close()
+    """make(**Upstream fields) -> a started Upstream."""
+    async with factory(lambda **kwargs: Upstream(**kwargs).start()) as make:
+        yield make
 
 
 @pytest.fixture
@@ -32,17 +33,13 @@ async def upstream(upstream_factory) -> Upstream:
 
 @pytest.fixture
 async def gateway_factory(tmp_path):
-    started: list[GatewayUnderTest] = []
+    """make(config text, fragments, subdir) -> a gateway started on that config."""
 
-    async def make(config: str, fragments: dict[str, str] | None = None, subdir: str = "cfg"):
-        path = write_config(tmp_path / subdir, config, fragments)
-        gw = await start_gateway_from(path)
-        started.append(gw)
-        return gw
+    async def start(config: str, fragments: dict[str, str] | None = None, subdir: str = "cfg"):
+        return await start_gateway_from(write_config(tmp_path / subdir, config, fragments))
 
-    yield make
-    for gw in started:
-        await gw.close()
+    async with factory(start) as make:
+        yield make
 
 
 @pytest.fixture
@@ -60,13 +57,27 @@ async def gateway(gateway_factory, upstream) -> GatewayUnderTest:
 
 
 @pytest.fixture
+async def snapshots(tmp_path):
+    """make(config text) -> a Snapshot loaded as `gateway serve` loads one, for
+    unit tests of what reads it (router, models); providers closed at teardown."""
+    made: list[Snapshot] = []
+
+    def make(text: str) -> Snapshot:
+        snapshot = load_snapshot(write_config(tmp_path / f"snap{len(made)}", text))
+        made.append(snapshot)
+        return snapshot
+
+    yield make
+    for snapshot in made:
+        for runtime in snapshot.providers.values():
+            await runtime.close()
+
+
+@pytest.fixture
 async def demo_upstream() -> AsyncIterator[str]:
     """The built-in demo upstream on an ephemeral port; yields its base_url."""
-    runner = web.AppRunner(create_demo_app(), access_log=None)
-    await runner.setup()
+    runner, url = await serve_app(create_demo_app())
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"{url}/v1"
     finally:
         await runner.cleanup()

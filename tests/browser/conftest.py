@@ -12,6 +12,7 @@ that the page works.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.sealing import write_keypair
-from tests.support import GatewayUnderTest, Upstream, start_gateway_from, write_config
+from tests.support import Upstream, factory, start_gateway_from, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -35,6 +36,12 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ADMIN_TOKEN = "ui-admin-token-3f8a21"
+# The page's message catalogs, for tests that check what it shows in each language.
+CATALOG_DIR = Path(__file__).resolve().parents[2] / "gateway" / "ui" / "i18n"
+CATALOGS = {
+    lang: json.loads((CATALOG_DIR / f"{lang}.json").read_text(encoding="utf-8"))
+    for lang in ("en", "vi", "zh")
+}
 UPSTREAM_KEY = "sk-ui-upstream-key-6b0d94"
 
 _SHOTS: list[Path] = []
@@ -133,9 +140,8 @@ async def ui_upstream() -> AsyncIterator[Upstream]:
 async def ui_gateway_factory(tmp_path) -> AsyncIterator:
     """make(writable=True, providers_yaml="", stored={name: yaml}) -> a gateway
     with the admin API, a seal key and the store directory `providers.d`."""
-    started: list[GatewayUnderTest] = []
 
-    async def make(
+    async def start(
         writable: bool = True,
         providers_yaml: str = "",
         stored: dict[str, str] | None = None,
@@ -154,10 +160,7 @@ async def ui_gateway_factory(tmp_path) -> AsyncIterator:
         fragments = {f"providers.d/{name}.yaml": text for name, text in (stored or {}).items()}
         path = write_config(directory, config, fragments)
         (directory / "providers.d").mkdir(exist_ok=True)
-        gw = await start_gateway_from(path)
-        started.append(gw)
-        return gw
+        return await start_gateway_from(path)
 
-    yield make
-    for gw in started:
-        await gw.close()
+    async with factory(start) as make:
+        yield make

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.demo_common import reply
 from gateway.demo_upstream import create_demo_app
-from tests.support import GatewayUnderTest, start_gateway_from, write_config
+from tests.support import GatewayUnderTest, factory, serve_app, start_gateway_from, write_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -57,18 +57,11 @@ async ([gateway, key, prompt]) => {
 """
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, runner.addresses[0][1]
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def demo_base_url() -> AsyncIterator[str]:
-    runner, port = await _serve(create_demo_app())
+    runner, url = await serve_app(create_demo_app())
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"{url}/v1"
     finally:
         await runner.cleanup()
 
@@ -82,9 +75,9 @@ async def app_origin() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/", index)
-    runner, port = await _serve(app)
+    runner, url = await serve_app(app)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         await runner.cleanup()
 
@@ -92,21 +85,17 @@ async def app_origin() -> AsyncIterator[str]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def cors_gateway(tmp_path, demo_base_url) -> AsyncIterator:
     """make(cors_yaml) -> a gateway with auth and the demo upstream as provider `demo`."""
-    started: list[GatewayUnderTest] = []
 
-    async def make(cors_yaml: str) -> GatewayUnderTest:
+    async def start(cors_yaml: str) -> GatewayUnderTest:
         text = (
             f"auth: {{api_keys: [{CLIENT_KEY}]}}\n"
             f"providers: [{{name: demo, base_url: '{demo_base_url}'}}]\n"
             f"{cors_yaml}\n"
         )
-        gw = await start_gateway_from(write_config(tmp_path / "cfg", text))
-        started.append(gw)
-        return gw
+        return await start_gateway_from(write_config(tmp_path / "cfg", text))
 
-    yield make
-    for gw in started:
-        await gw.close()
+    async with factory(start) as make:
+        yield make
 
 
 def streamed_text(sse: str) -> str:

@@ -8,44 +8,27 @@ Screenshots go to the temp dir printed in the test summary.
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from playwright.async_api import expect
 
 from gateway.demo_upstream import create_demo_app
-from tests.browser.conftest import ADMIN_TOKEN
-from tests.support import start_gateway_from, write_config
+from tests.browser.conftest import ADMIN_TOKEN, CATALOGS
+from tests.support import free_port, serve_app, start_gateway_from, write_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-CATALOG_DIR = Path(__file__).resolve().parents[2] / "gateway" / "ui" / "i18n"
-CATALOGS = {
-    lang: json.loads((CATALOG_DIR / f"{lang}.json").read_text(encoding="utf-8"))
-    for lang in ("en", "vi", "zh")
-}
 CLIENT_KEY = "sk-playground-client-key-0e4b"
 MESSAGES = {"en": "Hello there", "vi": "Xin chào bạn", "zh": "你好 世界"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest_asyncio.fixture(loop_scope="module")
 async def demo_url() -> AsyncIterator[str]:
-    runner = web.AppRunner(create_demo_app(), access_log=None)
-    await runner.setup()
+    runner, url = await serve_app(create_demo_app())
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        yield f"{url}/v1"
     finally:
         await runner.cleanup()
 

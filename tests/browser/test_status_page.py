@@ -8,36 +8,21 @@ Screenshots go to the temp dir printed in the test summary.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import socket
-from pathlib import Path
 
 import aiohttp
 import pytest
 from playwright.async_api import expect
 
-from tests.browser.conftest import ADMIN_TOKEN
-from tests.support import provider_yaml
+from tests.browser.conftest import ADMIN_TOKEN, CATALOGS
+from tests.support import dead_url, provider_yaml
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-CATALOG_DIR = Path(__file__).resolve().parents[2] / "gateway" / "ui" / "i18n"
-CATALOGS = {
-    lang: json.loads((CATALOG_DIR / f"{lang}.json").read_text(encoding="utf-8"))
-    for lang in ("en", "vi", "zh")
-}
 # Polls are 2 s apart and a rate needs two of them.
 LIVE = 15_000
 SOME = re.compile(r"^[0-9.e+-]*[1-9]")  # a number above zero
 NOTHING = "\u2013"  # what a cell shows before it has a figure
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 async def sign_in_to_status(page, gw, lang: str) -> None:

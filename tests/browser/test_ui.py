@@ -8,18 +8,15 @@ Screenshots of each language go to a temp dir printed in the test summary.
 
 from __future__ import annotations
 
-import json
-import socket
-from pathlib import Path
-
 import aiohttp
 import pytest
 import yaml
 from playwright.async_api import expect
 
-from tests.browser.conftest import ADMIN_TOKEN, UPSTREAM_KEY
+from tests.browser.conftest import ADMIN_TOKEN, CATALOGS, UPSTREAM_KEY
 from tests.support import (
     Upstream,
+    free_port,
     provider_yaml,
     self_signed,
     start_gateway_from,
@@ -28,11 +25,6 @@ from tests.support import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-CATALOG_DIR = Path(__file__).resolve().parents[2] / "gateway" / "ui" / "i18n"
-CATALOGS = {
-    lang: json.loads((CATALOG_DIR / f"{lang}.json").read_text(encoding="utf-8"))
-    for lang in ("en", "vi", "zh")
-}
 CUSTOM_LABEL = {"en": "Custom Provider", "vi": "Nhà cung cấp tùy chỉnh", "zh": "自定义提供商"}
 
 
@@ -314,10 +306,7 @@ async def test_fields_the_form_lacks_survive_a_ui_edit(
 
 
 async def test_read_only_gateway(page, ui_gateway_factory, ui_upstream, shots_dir):
-    dead = Upstream()  # never started: nothing listens on its port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead.port = sock.getsockname()[1]
+    dead = Upstream(port=free_port())  # never started: nothing listens on its port
     gw = await ui_gateway_factory(
         writable=False,
         providers_yaml=provider_yaml("gitops", ui_upstream) + provider_yaml("down", dead),

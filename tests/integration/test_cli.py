@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,7 +24,7 @@ import openai
 import orjson
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, free_ports
 
 EXAMPLE_CONFIG = REPO / "config" / "gateway.yaml"
 DEMO_URL_IN_EXAMPLE = "base_url: http://127.0.0.1:8081/v1"
@@ -33,15 +32,6 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
 RUN_TIMEOUT = 30.0
 README_REPLY = "Hello from the gateway's demo upstream! You said: Hello!"
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports that were free a moment ago (held together so they differ)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

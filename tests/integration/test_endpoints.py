@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import socket
 import wave
 
 import aiohttp
@@ -22,7 +21,7 @@ from yarl import URL
 
 from gateway.endpoints import ENDPOINTS
 from tests.integration.test_hot_reload import eventually
-from tests.support import SSE_FIXTURES, split_awkwardly
+from tests.support import SSE_FIXTURES, dead_url, split_awkwardly
 
 PROVIDER_KEY = "sk-upstream-endpoints-1"
 CLIENT_HEADERS = {"Authorization": "Bearer client-key", "x-api-key": "client-x", "X-Custom": "kept"}
@@ -66,12 +65,6 @@ ROOT_ALIASES = {
 
 async def transcribed(request: web.Request) -> web.Response:
     return web.json_response({"text": "hello"})
-
-
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wav_bytes(frames: int = 8000) -> bytes:
@@ -276,9 +269,7 @@ async def test_responses_fail_over_before_the_first_byte(gateway_factory, upstre
     busy.handler = overloaded
     data = (SSE_FIXTURES / "responses-text.sse").read_bytes()
     good.replay(split_awkwardly(data, 5))
-    gw = await gateway_factory(
-        failover_config(f"http://127.0.0.1:{dead_port()}/v1", busy.base_url, good.base_url)
-    )
+    gw = await gateway_factory(failover_config(dead_url(), busy.base_url, good.base_url))
     before = await scrape(gw)
     status, _, out = await post(
         f"{gw.base_url}/responses", orjson.dumps({"model": "smart", "stream": True, "input": "x"})

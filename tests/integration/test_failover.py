@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import dead_url
 
 
 def status_handler(status: int, body: bytes):
@@ -46,7 +41,7 @@ async def test_failover_on_refused_429_and_500(gateway_factory, upstream_factory
     good = await upstream_factory()
     limited.handler = status_handler(429, b'{"error":{"message":"slow down"}}')
     broken.handler = status_handler(500, b'{"error":{"message":"boom"}}')
-    refused = f"http://127.0.0.1:{dead_port()}/v1"
+    refused = dead_url()
     gw = await alias_gateway(gateway_factory, refused, limited, broken, good)
     status, body = await chat(gw)
     assert status == 200
@@ -66,9 +61,7 @@ async def test_last_targets_error_is_returned_verbatim(gateway_factory, upstream
 
 
 async def test_all_targets_unreachable_is_502(gateway_factory):
-    gw = await alias_gateway(
-        gateway_factory, f"http://127.0.0.1:{dead_port()}/v1", f"http://127.0.0.1:{dead_port()}/v1"
-    )
+    gw = await alias_gateway(gateway_factory, dead_url(), dead_url())
     status, body = await chat(gw)
     assert status == 502
     assert orjson.loads(body)["error"]["code"] == "upstream_unreachable"

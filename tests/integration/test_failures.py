@@ -11,14 +11,9 @@ import pytest
 from aiohttp import web
 
 from gateway import forwarder
+from tests.support import free_port
 
 CHAT = {"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def post(url: str, payload: dict | bytes, headers: dict | None = None):

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import textwrap
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +30,10 @@ from tests.support import (
     SSE_FIXTURES,
     GatewayUnderTest,
     Upstream,
+    factory,
+    free_port,
     provider_yaml,
+    readyz,
     split_awkwardly,
     start_gateway_from,
 )
@@ -71,12 +73,6 @@ async def post(
         return r.status, await r.read()
 
 
-async def readyz(session: aiohttp.ClientSession, gw: GatewayUnderTest) -> dict:
-    async with session.get(f"{gw.url}/readyz") as r:
-        assert r.status == 200
-        return orjson.loads(await r.read())
-
-
 def header(snapshot: Snapshot, provider: str, name: str) -> str | None:
     runtime = snapshot.providers.get(provider)
     return dict(runtime.config.headers).get(name) if runtime else None
@@ -85,16 +81,12 @@ def header(snapshot: Snapshot, provider: str, name: str) -> str | None:
 @pytest.fixture
 async def hot():
     """Start gateways with their watcher polling every POLL seconds."""
-    started: list[GatewayUnderTest] = []
 
     async def start(path: Path, holder: SnapshotHolder | None = None) -> GatewayUnderTest:
-        gw = await start_gateway_from(path, watch_interval=POLL, holder=holder)
-        started.append(gw)
-        return gw
+        return await start_gateway_from(path, watch_interval=POLL, holder=holder)
 
-    yield start
-    for gw in started:
-        await gw.close()
+    async with factory(start) as make:
+        yield make
 
 
 @pytest.fixture
@@ -193,7 +185,7 @@ async def test_change_style_new_provider_and_edited_base_url_within_2s(
     assert (await post(client, gw, "p/m1"))[0] == 200
     assert len(a.requests) == 1
     assert (await post(client, gw, "new/m1"))[0] == 404
-    hash_before = (await readyz(client, gw))["config_hash"]
+    hash_before = (await readyz(gw.url, client))["config_hash"]
 
     started = time.monotonic()
     layout.update(config(provider_yaml("p", b), provider_yaml("new", c)))
@@ -210,7 +202,7 @@ async def test_change_style_new_provider_and_edited_base_url_within_2s(
     assert len(a.requests) == n_a and len(b.requests) == 1
     assert time.monotonic() - started < WITHIN
 
-    ready = await readyz(client, gw)
+    ready = await readyz(gw.url, client)
     assert ready["config_hash"] != hash_before
     assert ready["reload"]["config_hash"] == ready["config_hash"]
     assert ready["reload"]["successes"] >= 1 and ready["reload"]["failures"] == 0
@@ -267,7 +259,7 @@ async def test_invalid_config_rejected_whole_with_one_log_line(
     path = tmp_path / "gateway.yaml"
     path.write_text(config(provider_yaml("p", a)))
     gw = await hot(path)
-    before = await readyz(client, gw)
+    before = await readyz(gw.url, client)
     caplog.set_level(logging.INFO, logger="gateway")
 
     # A valid edit (p -> b) next to an invalid provider: nothing of it goes live.
@@ -284,7 +276,7 @@ async def test_invalid_config_rejected_whole_with_one_log_line(
 
     assert (await post(client, gw, "p/m1"))[0] == 200
     assert len(a.requests) == 1 and not b.requests
-    ready = await readyz(client, gw)
+    ready = await readyz(gw.url, client)
     assert ready["config_hash"] == before["config_hash"]
     assert ready["reload"]["failures"] == 1 and ready["reload"]["last_reload_ok"] is False
     assert "provider 'broken'" in ready["reload"]["last_error"]
@@ -293,7 +285,7 @@ async def test_invalid_config_rejected_whole_with_one_log_line(
     path.write_text(config(provider_yaml("p", b)))
     await eventually(lambda: gw.reloader.status.successes == 1, what="fixed config live")
     assert (await post(client, gw, "p/m1"))[0] == 200 and len(b.requests) == 1
-    ready = await readyz(client, gw)
+    ready = await readyz(gw.url, client)
     assert ready["reload"]["last_reload_ok"] is True
     assert ready["reload"]["last_error"] is not None, "the last error stays visible"
 
@@ -381,7 +373,7 @@ async def test_20_reloads_under_50_streams_lose_nothing_and_invalid_never_goes_l
                     lambda f=failures: status.failures == f + 1, what=f"generation {gen} rejected"
                 )
                 assert header(gw.holder.current, "s", "X-Gen") == str(gen - 1)
-            readyz_hashes.append((await readyz(session, gw))["config_hash"])
+            readyz_hashes.append((await readyz(gw.url, session))["config_hash"])
             streams.append(asyncio.create_task(stream()))  # one more, on this snapshot
 
         assert len(streams) == 50
@@ -565,12 +557,6 @@ async def test_model_listing_in_flight_survives_a_reload_of_its_provider(
 
 # --------------------------------------------------------------------------
 # SIGHUP
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_sighup_reloads_at_once(tmp_path, upstream_factory, client):

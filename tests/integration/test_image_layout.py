@@ -24,7 +24,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.support import REPO, Upstream
+from tests.support import REPO, Upstream, free_port, readyz
 
 K8S = REPO / "deploy" / "kubernetes"
 CONFIG_SRC = K8S / "config"
@@ -53,12 +52,6 @@ STOP_TIMEOUT = 15.0
 RELOAD_TIMEOUT = 15.0
 PROBE_TIMEOUT = 20.0
 SETUP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------
@@ -319,12 +312,6 @@ async def run_healthcheck(run_as: RunAs, config: Path, path: str) -> tuple[int, 
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
-
-
-async def readyz(url: str) -> dict:
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/readyz") as r:
-        assert r.status == 200
-        return await r.json()
 
 
 async def wait_for_hash_change(url: str, old: str) -> dict:

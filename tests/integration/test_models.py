@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import aiohttp
 import orjson
+
+from tests.support import dead_url
 
 
 async def get(url: str):
     async with aiohttp.ClientSession() as s, s.get(url) as r:
         return r.status, orjson.loads(await r.read())
-
-
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_models_merged_prefixed_and_cached(gateway_factory, upstream_factory):
@@ -32,7 +27,7 @@ async def test_models_merged_prefixed_and_cached(gateway_factory, upstream_facto
           - name: b
             base_url: {b.base_url}
           - name: static
-            base_url: http://127.0.0.1:{dead_port()}/v1
+            base_url: {dead_url()}
             models: [fixed-1, fixed-2]
         """
     )
@@ -64,7 +59,7 @@ async def test_provider_down_is_left_out(gateway_factory, upstream):
         f"""
         providers:
           - name: down
-            base_url: http://127.0.0.1:{dead_port()}/v1
+            base_url: {dead_url()}
           - name: up
             base_url: {upstream.base_url}
         """

@@ -10,6 +10,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_hot_reload import eventually
+from tests.support import dead_url
 
 CHAT = {"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -100,14 +101,7 @@ async def test_model_label_is_the_model_once_listed(gateway, upstream):
 
 
 async def test_upstream_errors_counted_by_kind(gateway_factory):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    gw = await gateway_factory(
-        f"providers:\n  - name: down\n    base_url: http://127.0.0.1:{port}/v1\n"
-    )
+    gw = await gateway_factory(f"providers:\n  - name: down\n    base_url: {dead_url()}\n")
     async with (
         aiohttp.ClientSession() as s,
         s.post(f"{gw.base_url}/chat/completions", json=dict(CHAT, model="down/m")) as r,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.demo_upstream import create_demo_app
-from tests.support import SSE_FIXTURES, split_awkwardly
+from tests.support import SSE_FIXTURES, dead_url, split_awkwardly
 
 PROVIDER_KEY = "sk-provider-pass-1"
 
@@ -375,9 +374,7 @@ async def test_follow_ups_skip_providers_without_responses(gateway_factory, demo
 
 async def test_an_unreachable_provider_does_not_stop_the_search(gateway_factory, demo_pair):
     _, owner = demo_pair
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    dead = dead_url()  # a port nothing listens on
     maker = await gateway_factory(two_providers(dead, owner.base_url), subdir="maker")
     async with sdk(maker) as client:
         made = await client.responses.create(model="second/demo-chat", input="Remember me")

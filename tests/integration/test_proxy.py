@@ -3,7 +3,6 @@ proxy on 127.0.0.1 that tunnels CONNECT and forwards absolute-form requests."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,7 +12,7 @@ import pytest
 from gateway.config import ConfigError
 from gateway.reload import load_snapshot
 from tests.integration.test_hot_reload import eventually
-from tests.support import ForwardProxy, split_awkwardly, stream_chat, write_config
+from tests.support import ForwardProxy, free_port, split_awkwardly, stream_chat, write_config
 
 CHAT = {"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]}
 KEY = "sk-behind-the-proxy-0001"
@@ -26,12 +25,6 @@ async def proxy() -> AsyncIterator[ForwardProxy]:
         yield p
     finally:
         await p.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_http_upstream_through_the_proxy(gateway_factory, upstream, proxy):

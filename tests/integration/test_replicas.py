@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import textwrap
 import time
 from collections import Counter
@@ -14,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from gateway import replica_discovery
-from tests.support import Upstream
+from tests.support import Upstream, dead_url, factory
 
 CHUNKS = [b'data: {"n":1}\n\n', b'data: {"n":2}\n\n', b'data: {"n":3}\n\n', b"data: [DONE]\n\n"]
 
@@ -46,16 +45,13 @@ class Replica(Upstream):
 
 @pytest.fixture
 async def replicas():
-    started: list[Replica] = []
+    """make(n) -> n started replicas."""
+    async with factory(lambda: Replica().start()) as start:
 
-    async def make(n: int = 3) -> list[Replica]:
-        out = [await Replica().start() for _ in range(n)]
-        started.extend(out)
-        return out
+        async def make(n: int = 3) -> list[Replica]:
+            return [await start() for _ in range(n)]
 
-    yield make
-    for r in started:
-        await r.close()
+        yield make
 
 
 async def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
@@ -194,12 +190,6 @@ async def test_retry_after_takes_a_replica_out_for_that_long(gateway_factory, re
     ]
     assert entry["state"] == "ejected"
     assert 20 < entry["ejected_until"] - time.time() <= 30  # capped at retry_after_max
-
-
-def dead_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
 
 
 async def test_every_replica_out_is_a_quick_503(gateway_factory):

@@ -5,21 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
-import socket
 import sys
 
 import aiohttp
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, free_port
 
 CHUNKS = [b'data: {"i": %d}\n\n' % i for i in range(20)] + [b"data: [DONE]\n\n"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start_serve(tmp_path, upstream, *args: str):

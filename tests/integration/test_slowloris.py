@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -294,12 +294,6 @@ async def test_a_slow_stream_to_a_slow_reader_outlives_every_limit(gateway_facto
 
 # --------------------------------------------------------------------------
 # `gateway serve` under ulimit -n 256, attacked by 1000 trickling connections
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def low_fd_limit() -> None:  # in the child, before exec

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import aiohttp
+import ssl
 
+import aiohttp
+import pytest
+
+from gateway.replicas import ReplicaPool
+from gateway.upstream import UpstreamError
 from tests.support import stream_chat
 
 
@@ -64,3 +69,25 @@ async def test_provider_ca_file_trusts_an_internal_ca_for_that_provider_only(
         async with s.post(f"{gw.base_url}/chat/completions", json={"model": "other/m"}) as r:
             assert r.status == 502
     assert [auth for auth, _ in seen] == ["Bearer lab-key"]
+
+
+async def test_a_discovered_replica_verifies_the_certificate_for_its_name(tls_upstream):
+    """DNS discovery dials an address; TLS must still check the certificate
+    against the provider's host name (ReplicaPool.server_name), not the
+    address. The certificate here is for 127.0.0.1 only: dialled with its
+    address as the name it verifies, with another name it must not."""
+    tls = ssl.create_default_context(cafile=tls_upstream.cert)
+    pools = [
+        ReplicaPool("127.0.0.1", tls_upstream.port, tls, 1, 2.0, server_name=name)
+        for name in (None, "replica.example.test")
+    ]
+    try:
+        conn = await pools[0].acquire()  # no name: the address, which the cert names
+        pools[0].release(conn, reuse=False)
+        with pytest.raises(UpstreamError) as info:
+            await pools[1].acquire()
+        assert info.value.kind == "connect"
+        assert "replica.example.test" in str(info.value) or "mismatch" in str(info.value).lower()
+    finally:
+        for pool in pools:
+            pool.close()

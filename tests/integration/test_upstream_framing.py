@@ -16,6 +16,9 @@ import httptools
 import orjson
 import pytest
 
+from tests.support import factory
+from tests.support.raw import Peer
+
 REQUEST = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
@@ -48,18 +51,11 @@ class RawUpstream:
         assert task is not None
         self.tasks.add(task)
         number, self.connections = self.connections, self.connections + 1
+        peer = Peer(reader, writer)
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+            while await peer.request() is not None:
                 self.connection_of.append(number)
-                writer.write(self.answers[len(self.connection_of) - 1])
-                await writer.drain()
+                await peer.send(self.answers[len(self.connection_of) - 1])
         except (asyncio.IncompleteReadError, ConnectionError, IndexError):
             pass
         finally:
@@ -77,25 +73,22 @@ class RawUpstream:
 @pytest.fixture
 async def raw_gateway(gateway_factory):
     """start(answers) -> (upstream, gateway) with provider `up` on the raw upstream."""
-    started: list[RawUpstream] = []
+    async with factory(lambda answers: RawUpstream(answers).start()) as start_upstream:
 
-    async def start(answers: list[bytes]):
-        up = await RawUpstream(answers).start()
-        started.append(up)
-        gw = await gateway_factory(
-            f"""
-            providers:
-              - name: up
-                provider_type: custom
-                base_url: http://127.0.0.1:{up.port}/v1
-                models: [m1]
-            """
-        )
-        return up, gw
+        async def start(answers: list[bytes]):
+            up = await start_upstream(answers)
+            gw = await gateway_factory(
+                f"""
+                providers:
+                  - name: up
+                    provider_type: custom
+                    base_url: http://127.0.0.1:{up.port}/v1
+                    models: [m1]
+                """
+            )
+            return up, gw
 
-    yield start
-    for up in started:
-        await up.close()
+        yield start
 
 
 class Message:

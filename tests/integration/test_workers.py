@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -14,20 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def readyz(url: str) -> dict:
-    # A new connection each time, so the kernel may pick either worker.
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as s, s.get(f"{url}/readyz") as r:
-        return await r.json()
+from tests.support import REPO, free_port, readyz
 
 
 async def until_both(url: str, predicate, tries: int = 400) -> dict[int, dict]:
@@ -35,7 +21,7 @@ async def until_both(url: str, predicate, tries: int = 400) -> dict[int, dict]:
     seen: dict[int, dict] = {}
     for _ in range(tries):
         try:
-            body = await readyz(url)
+            body = await readyz(url, expect=None)
         except aiohttp.ClientConnectionError:  # a worker being replaced
             await asyncio.sleep(0.01)
             continue
@@ -63,7 +49,7 @@ async def two_workers(tmp_path, upstream):
     try:
         for _ in range(200):  # bounded wait for the first worker to listen
             try:
-                await readyz(url)
+                await readyz(url, expect=None)
                 break
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.05)

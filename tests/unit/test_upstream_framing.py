@@ -3,7 +3,8 @@
 Raw response bytes go straight into a `Connection` (the asyncio protocol),
 split in two at every position: whatever the split, a response is either
 framed exactly (body, clean end, reusable or not) or a `protocol` error that
-aborts the connection. Socket-level behaviour is in test_upstream.py.
+aborts the connection. Socket-level behaviour is in test_upstream_reading.py
+(and the pool and errors in test_upstream_pool.py, test_upstream.py).
 """
 
 from __future__ import annotations

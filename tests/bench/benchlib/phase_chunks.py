@@ -21,11 +21,22 @@ import asyncio
 import hashlib
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
-import run as bench
+from benchlib.common import STREAM_BODY, Settings, pct, raw_request, rotate, say
+from benchlib.loadclient import HttpConn, Reply, connect_many, run_async
+from benchlib.machine import cpu_seconds, process_tree
+from benchlib.processes import (
+    Child,
+    Procs,
+    Target,
+    free_port,
+    spawn_kind,
+    spawn_upstream,
+    wait_ready,
+)
+from benchlib.report import Row
 
 STREAMS = 100
 CHUNKS = 200
@@ -61,13 +72,13 @@ http {{
 """
 
 
-def spawn_nginx(procs: bench.Procs, tmp: Path, upstream_port: int) -> bench.Child | None:
+def spawn_nginx(procs: Procs, tmp: Path, upstream_port: int) -> Child | None:
     nginx = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if nginx is None:
         return None
-    port = bench.free_port()
+    port = free_port()
     conf = tmp / f"nginx-{port}.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=port))
     core = procs.pin[0] if procs.pin else None
@@ -76,63 +87,59 @@ def spawn_nginx(procs: bench.Procs, tmp: Path, upstream_port: int) -> bench.Chil
     )
 
 
-def spawn_upstream(procs: bench.Procs, chunks: int, interval: float) -> bench.Child:
-    port = bench.free_port()
-    argv = [sys.executable, str(bench.HERE / "upstream.py"), "--port", str(port)]
-    argv += ["--chunks", str(chunks), "--interval", str(interval)]
-    core = procs.pin[1] if procs.pin else None
-    return procs.spawn("upstream-chunks", argv, port, core)
+def _upstream(procs: Procs, chunks: int, interval: float) -> Child:
+    return spawn_upstream(
+        procs, "upstream-chunks", procs.pin[1] if procs.pin else None, chunks, interval
+    )
 
 
-def start_targets(procs: bench.Procs, tmp: Path, upstream_port: int) -> list[bench.Target]:
+def start_targets(procs: Procs, tmp: Path, upstream_port: int) -> list[Target]:
     targets = []
     for kind, label in (("fwd", "minimal fwd"), ("gw", "gateway")):
-        child = bench.spawn_kind(kind, procs, tmp, upstream_port)
-        bench.wait_ready(child)
-        targets.append(bench.Target(kind, label, child))
+        child = spawn_kind(kind, procs, tmp, upstream_port)
+        wait_ready(child)
+        targets.append(Target(kind, label, child))
     nginx = spawn_nginx(procs, tmp, upstream_port)
     if nginx is None:
-        bench.say(
-            "  nginx not installed (Debian: apt-get install -y nginx-light): its column is empty"
-        )
+        say("  nginx not installed (Debian: apt-get install -y nginx-light): its column is empty")
     else:
-        bench.wait_ready(nginx)
-        targets.append(bench.Target("nginx", "nginx", nginx))
+        wait_ready(nginx)
+        targets.append(Target("nginx", "nginx", nginx))
     return targets
 
 
 async def _burst(port: int, req: bytes, n: int) -> tuple[list, int]:
-    conns = await bench.connect_many(port, n)
+    conns = await connect_many(port, n)
     try:
         tasks = [asyncio.create_task(asyncio.wait_for(c.request(req), 120)) for c in conns]
         replies = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for c in conns:
             c.close()
-    ok = [r for r in replies if isinstance(r, bench.Reply) and r.status == 200]
+    ok = [r for r in replies if isinstance(r, Reply) and r.status == 200]
     return ok, len(replies) - len(ok)
 
 
-def cpu_round(t: bench.Target, req: bytes, expected: str) -> dict:
+def cpu_round(t: Target, req: bytes, expected: str) -> dict:
     """One burst of STREAMS streams through `t`: its CPU seconds, errors, bytes."""
-    pids = bench.process_tree(t.child.pid)
+    pids = process_tree(t.child.pid)
 
     async def main() -> tuple[list, int, float]:
         # Connections are opened before the clock starts: accepting them is
         # not what this phase measures.
-        conns = await bench.connect_many(t.port, STREAMS)
-        before = bench.cpu_seconds(pids)
+        conns = await connect_many(t.port, STREAMS)
+        before = cpu_seconds(pids)
         try:
             tasks = [asyncio.wait_for(c.request(req), 120) for c in conns]
             replies = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for c in conns:
                 c.close()
-        used = bench.cpu_seconds(pids) - before
+        used = cpu_seconds(pids) - before
         return replies, 0, used
 
-    replies, _, used = bench.run_async(main())
-    ok = [r for r in replies if isinstance(r, bench.Reply) and r.status == 200]
+    replies, _, used = run_async(main())
+    ok = [r for r in replies if isinstance(r, Reply) and r.status == 200]
     wrong = sum(hashlib.sha256(r.body).hexdigest() != expected for r in ok)
     return {
         "cpu_s": used,
@@ -146,13 +153,13 @@ async def _sustain(port: int, req: bytes, n: int, seconds: float) -> tuple[list[
     """`n` clients each streaming back to back for `seconds`, their starts
     spread over one stream's length (a steady load, not a burst): the TTFT
     of every stream that started after the first stream length."""
-    conns = await bench.connect_many(port, n)
+    conns = await connect_many(port, n)
     stream_s = RAMP_CHUNKS * RAMP_INTERVAL
     t0 = time.perf_counter()
     ttfts: list[float] = []
     errors = 0
 
-    async def client(i: int, c: bench.HttpConn) -> None:
+    async def client(i: int, c: HttpConn) -> None:
         nonlocal errors
         await asyncio.sleep(stream_s * i / n)
         while time.perf_counter() - t0 < seconds:
@@ -175,23 +182,23 @@ async def _sustain(port: int, req: bytes, n: int, seconds: float) -> tuple[list[
     return ttfts, errors
 
 
-def ramp(t: bench.Target, req: bytes, levels: list[int], seconds: float) -> dict:
+def ramp(t: Target, req: bytes, levels: list[int], seconds: float) -> dict:
     """Streams at 50 chunks/s, more at each level: TTFT and the proxy's CPU share."""
-    pids = bench.process_tree(t.child.pid)
+    pids = process_tree(t.child.pid)
     out: dict = {"levels": []}
     base_p50 = None
     carried = 0
     for n in levels:
 
         async def main(n: int = n) -> tuple[list[float], int, float, float]:
-            before, t0 = bench.cpu_seconds(pids), time.perf_counter()
+            before, t0 = cpu_seconds(pids), time.perf_counter()
             ttfts, errors = await _sustain(t.port, req, n, seconds)
-            return ttfts, errors, bench.cpu_seconds(pids) - before, time.perf_counter() - t0
+            return ttfts, errors, cpu_seconds(pids) - before, time.perf_counter() - t0
 
-        ttfts, errors, cpu, wall = bench.run_async(main())
+        ttfts, errors, cpu, wall = run_async(main())
         ttfts.sort()
-        p50 = bench.pct(ttfts, 50) if ttfts else float("nan")
-        p95 = bench.pct(ttfts, 95) if ttfts else float("nan")
+        p50 = pct(ttfts, 50) if ttfts else float("nan")
+        p95 = pct(ttfts, 95) if ttfts else float("nan")
         busy = cpu / wall if wall else float("nan")
         if base_p50 is None:
             base_p50 = p50
@@ -208,7 +215,7 @@ def ramp(t: bench.Target, req: bytes, levels: list[int], seconds: float) -> dict
                 "degraded": degraded,
             }
         )
-        bench.say(
+        say(
             f"  {t.key}: {n} streams at 50 chunks/s: TTFT p50 {p50:.1f} ms p95 {p95:.1f} ms, "
             f"proxy core {busy:.0%} busy, {errors} errors{' (degraded)' if degraded else ''}"
         )
@@ -219,24 +226,22 @@ def ramp(t: bench.Target, req: bytes, levels: list[int], seconds: float) -> dict
     return out
 
 
-def phase_chunks(procs: bench.Procs, tmp: Path, s: bench.Settings) -> dict:
-    upstream = spawn_upstream(procs, CHUNKS, INTERVAL)
-    bench.wait_ready(upstream)
+def phase_chunks(procs: Procs, tmp: Path, s: Settings) -> dict:
+    upstream = _upstream(procs, CHUNKS, INTERVAL)
+    wait_ready(upstream)
     targets = start_targets(procs, tmp, upstream.port)
-    req = bench.raw_request(upstream.port, bench.STREAM_BODY)
-    first = bench.run_async(_burst(upstream.port, req, 1))[0]
+    req = raw_request(upstream.port, STREAM_BODY)
+    first = run_async(_burst(upstream.port, req, 1))[0]
     if not first:
         raise RuntimeError("the chunk phase's upstream failed a stream")
     expected = hashlib.sha256(first[0].body).hexdigest()
     events = first[0].body.count(b"data: ")
     rounds: dict[str, list[dict]] = {t.key: [] for t in targets}
     for t in targets:  # warm-up: pools, caches
-        cpu_round(t, bench.raw_request(t.port, bench.STREAM_BODY), expected)
+        cpu_round(t, raw_request(t.port, STREAM_BODY), expected)
     for r in range(max(3, s.rounds * 2)):
-        for t in bench.rotate(targets, r):
-            rounds[t.key].append(
-                cpu_round(t, bench.raw_request(t.port, bench.STREAM_BODY), expected)
-            )
+        for t in rotate(targets, r):
+            rounds[t.key].append(cpu_round(t, raw_request(t.port, STREAM_BODY), expected))
     out: dict = {"streams": STREAMS, "events_per_stream": events, "targets": {}}
     for t in targets:
         rs = rounds[t.key]
@@ -248,19 +253,17 @@ def phase_chunks(procs: bench.Procs, tmp: Path, s: bench.Settings) -> dict:
             "errors": sum(x["errors"] for x in rs),
             "bytes_differ": sum(x["bytes_differ"] for x in rs),
         }
-    ramp_up = spawn_upstream(procs, RAMP_CHUNKS, RAMP_INTERVAL)
-    bench.wait_ready(ramp_up)
+    ramp_up = _upstream(procs, RAMP_CHUNKS, RAMP_INTERVAL)
+    wait_ready(ramp_up)
     levels = [25, 100, 200, 400] if s.quick else [25, 100, 200, 300, 400, 600, 800, 1000]
     seconds = 3.0 if s.quick else 5.0
     ramp_targets = start_targets(procs, tmp, ramp_up.port)
     for t in ramp_targets:
-        out["targets"][t.key]["ramp"] = ramp(
-            t, bench.raw_request(t.port, bench.STREAM_BODY), levels, seconds
-        )
+        out["targets"][t.key]["ramp"] = ramp(t, raw_request(t.port, STREAM_BODY), levels, seconds)
     return out
 
 
-def rows(res: dict) -> list[bench.Row]:
+def rows(res: dict) -> list[Row]:
     t = res["targets"]
 
     def get(key: str, field: str) -> float | None:
@@ -268,7 +271,7 @@ def rows(res: dict) -> list[bench.Row]:
 
     gw, fwd, ngx = (get(k, "cpu_us_per_chunk") for k in ("gw", "fwd", "nginx"))
     out = [
-        bench.Row(
+        Row(
             f"chunks: CPU us per relayed chunk ({res['streams']} streams x "
             f"{res['events_per_stream']} events, 5 ms apart); direct column = nginx",
             ngx if ngx is not None else "n/a",
@@ -278,7 +281,7 @@ def rows(res: dict) -> list[bench.Row]:
             passed=(ngx is None or gw <= 1.25 * ngx) and fwd >= 1.5 * gw,
             fmt="{:.1f}",
         ),
-        bench.Row(
+        Row(
             "chunks: CPU us per stream request; direct column = nginx",
             get("nginx", "cpu_us_per_stream") or "n/a",
             get("fwd", "cpu_us_per_stream"),
@@ -288,7 +291,7 @@ def rows(res: dict) -> list[bench.Row]:
     ]
     errors = sum(x["errors"] + x["bytes_differ"] for x in t.values())
     out.append(
-        bench.Row(
+        Row(
             "chunks: errors or differing bytes (all)",
             None,
             None,
@@ -300,7 +303,7 @@ def rows(res: dict) -> list[bench.Row]:
     )
     carried = {k: v["ramp"]["carried"] for k, v in t.items() if "ramp" in v}
     out.append(
-        bench.Row(
+        Row(
             "chunks: streams at 50 chunks/s one core carries before TTFT degrades; direct = nginx",
             str(carried.get("nginx", "n/a")),
             str(carried.get("fwd")),

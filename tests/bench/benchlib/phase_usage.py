@@ -16,11 +16,22 @@ at most 10% of requests/s.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
-import run as bench
+from benchlib.common import HOST, Settings
+from benchlib.compare import interleaved, round_ratio
+from benchlib.loadclient import write_wrk_script
+from benchlib.processes import (
+    Child,
+    Procs,
+    free_port,
+    gateway_yaml,
+    spawn_gateway,
+    spawn_kind,
+    wait_ready,
+)
+from benchlib.report import Row
 
 TARGET_RATIO = 0.90
 _SINK = """
@@ -48,96 +59,52 @@ CONFIGS = {
 }
 
 
-def _spawn_gateway(
-    procs: bench.Procs, tmp: Path, name: str, extra: str, upstream: int
-) -> bench.Child:
-    port = bench.free_port()
+def _spawn_gateway(procs: Procs, tmp: Path, name: str, extra: str, upstream: int) -> Child:
     config = tmp / f"gateway-usage-{name}.yaml"
-    config.write_text(
-        extra + "providers:\n"
-        "  - name: bench\n"
-        "    provider_type: custom\n"
-        f"    base_url: http://{bench.HOST}:{upstream}/v1\n"
-        f"    api_key: env:{bench.UPSTREAM_KEY_ENV}\n"
-        f"    max_connections: {bench.POOL}\n"
-        "    models: [bench-model]\n"
-    )
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
-    argv += ["--listen", f"{bench.HOST}:{port}", "--shutdown-grace", "1"]
+    where = f"    base_url: http://{HOST}:{upstream}/v1\n"
+    config.write_text(gateway_yaml(where, head=extra, tail="    models: [bench-model]\n"))
     core = procs.pin[0] if procs.pin else None
-    env = {bench.UPSTREAM_KEY_ENV: "sk-bench-upstream", "GATEWAY_USAGE": ""}
-    return procs.spawn(f"gateway-{name}", argv, port, core, env=env)
+    return spawn_gateway(procs, f"gateway-{name}", config, core, env={"GATEWAY_USAGE": ""})
 
 
-def phase_usage(procs: bench.Procs, tmp: Path, s: bench.Settings, wrk: str | None) -> dict:
+def phase_usage(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict:
     load_core = procs.pin[1] if procs.pin else None
-    upstream = bench.spawn_kind("direct", procs, tmp, None)
-    bench.wait_ready(upstream)
-    sink_port = bench.free_port()
+    upstream = spawn_kind("direct", procs, tmp, None)
+    wait_ready(upstream)
+    sink_port = free_port()
     sink = procs.spawn(
         "otlp-sink", [sys.executable, "-c", _SINK, str(sink_port)], sink_port, load_core
     )
-    bench.wait_ready(sink)
+    wait_ready(sink)
     gateways = {
         name: _spawn_gateway(procs, tmp, name, extra.format(sink=sink_port), upstream.port)
         for name, extra in CONFIGS.items()
     }
     for g in gateways.values():
-        bench.wait_ready(g)
-    script = tmp / "post-usage.lua"
-    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in bench.CLIENT_HEADERS.items())
-    script.write_text(bench.WRK_SCRIPT.format(body=bench.BODY.decode(), headers=headers))
-
-    def load(child: bench.Child, seconds: int) -> dict:
-        pids = bench.process_tree(child.pid)
-        before = bench.cpu_seconds(pids)
-        if wrk:
-            result = bench.run_wrk(wrk, procs.prefix(load_core), script, child.port, seconds, 64)
-        else:
-            result = bench.python_load(child.port, seconds, 64)
-        cpu = bench.cpu_seconds(pids) - before
-        result["cpu_us_per_request"] = cpu / max(result.get("requests", 0), 1) * 1e6
-        return result
-
-    for g in gateways.values():
-        load(g, 1)  # warm-up: upstream connections, the exporter's first batch
-    rounds = max(3, s.workers_rounds)
-    runs: dict[str, list[dict]] = {k: [] for k in gateways}
-    for r in range(rounds):
-        for key in bench.rotate(list(gateways), r):
-            runs[key].append(load(gateways[key], s.wrk_seconds))
-    out: dict = {"rounds": rounds}
-    for key, rs in runs.items():
-        out[key] = {
-            "rps_median": statistics.median(x["rps"] for x in rs),
-            "cpu_us_per_request_median": statistics.median(x["cpu_us_per_request"] for x in rs),
-            "errors": sum(x.get("non_2xx", 0) + x.get("socket_errors", 0) for x in rs),
-            "runs": rs,
-        }
+        wait_ready(g)
+    script = write_wrk_script(tmp / "post-usage.lua")
+    # The warm-up opens upstream connections and sends the exporter's first batch.
+    out, runs = interleaved(gateways, max(3, s.workers_rounds), s.wrk_seconds, wrk, procs, script)
     for key in ("usage", "tracing"):
         # Per round, the ratio to `off`: drift between rounds cancels out.
-        out[f"{key}_ratio"] = statistics.median(
-            b["rps"] / a["rps"] for a, b in zip(runs["off"], runs[key], strict=True)
-        )
+        out[f"{key}_ratio"] = round_ratio(runs, "off", key)
     for child in (*gateways.values(), sink, upstream):
         procs.stop(child)
     return out
 
 
-def rows(r: dict) -> list[bench.Row]:
+def rows(r: dict) -> list[Row]:
     off, usage, tracing = r["off"], r["usage"], r["tracing"]
     out = [
-        bench.Row("usage phase: c=64 chat JSON, interleaved rounds", None, None, str(r["rounds"])),
-        bench.Row("requests/s, usage and tracing off", None, None, off["rps_median"], fmt="{:.0f}"),
-        bench.Row("requests/s, usage on", None, None, usage["rps_median"], fmt="{:.0f}"),
-        bench.Row(
-            "requests/s, usage + tracing on", None, None, tracing["rps_median"], fmt="{:.0f}"
-        ),
+        Row("usage phase: c=64 chat JSON, interleaved rounds", None, None, str(r["rounds"])),
+        Row("requests/s, usage and tracing off", None, None, off["rps_median"], fmt="{:.0f}"),
+        Row("requests/s, usage on", None, None, usage["rps_median"], fmt="{:.0f}"),
+        Row("requests/s, usage + tracing on", None, None, tracing["rps_median"], fmt="{:.0f}"),
     ]
     for key, label in (("usage", "usage on"), ("tracing", "usage + tracing on")):
         ratio = r[f"{key}_ratio"]
         out.append(
-            bench.Row(
+            Row(
                 f"{label} / both off, requests/s (median of rounds)",
                 None,
                 None,
@@ -148,14 +115,14 @@ def rows(r: dict) -> list[bench.Row]:
             )
         )
     out += [
-        bench.Row(
+        Row(
             "gateway CPU per request (us), off / usage / tracing",
             None,
             None,
             " / ".join(f"{x['cpu_us_per_request_median']:.0f}" for x in (off, usage, tracing)),
             ratios=False,
         ),
-        bench.Row(
+        Row(
             "errors, off / usage / tracing",
             None,
             None,
