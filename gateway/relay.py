@@ -390,7 +390,6 @@ async def _pipe(
     pipe = Pipe(
         conn,
         transport,
-        request.protocol,
         request.writer.chunked,  # aiohttp chose the framing (HTTP/1.0 clients: none)
         ex.usage,
         None if sniff is None else partial(sniff, runtime),

@@ -59,12 +59,10 @@ _HEAD, _BODY, _UNTIL_CLOSE, _DONE = range(4)
 
 
 class Sink(Protocol):
-    """Takes body bytes as llhttp delivers them (`gateway.pipe.Pipe`)."""
+    """Takes the body bytes of each read (`gateway.pipe.Pipe`)."""
 
-    def __call__(self, data: bytes) -> None: ...
-
-    def flush(self) -> None:
-        """Called once the bytes of one read are parsed."""
+    def deliver(self, pieces: list[bytes]) -> None:
+        """The body pieces llhttp found in one read, in order (not kept)."""
 
 
 class _Reject(Exception):
@@ -100,6 +98,7 @@ class Connection(asyncio.Protocol):
         self._has_length = False
         # Delivery: buffered for read_body(), or handed to a sink (gateway.pipe)
         self._sink: Sink | None = None
+        self._pieces: list[bytes] = []  # body of the read being parsed, for the sink
         self._body: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
@@ -171,11 +170,12 @@ class Connection(asyncio.Protocol):
                 self._protocol_error(str(exc) or type(exc).__name__)
             return
         finally:
-            # What the read delivered goes out also when it ended in an
-            # error: the client gets every byte that was framed right.
-            sink = self._sink
-            if sink is not None:
-                sink.flush()
+            # What the read delivered goes out in one piece, also when it
+            # ended in an error: the client gets every byte framed right.
+            pieces = self._pieces
+            if pieces:
+                self._sink.deliver(pieces)  # type: ignore[union-attr]
+                pieces.clear()
         if self._stalled > _HEAD_LIMIT and self._state != _DONE:
             # llhttp buffers a header field until it is complete and skips
             # chunk extensions: this bounds what it holds.
@@ -244,6 +244,7 @@ class Connection(asyncio.Protocol):
         if head is not None and not head.done():
             reason = self._reason.decode("latin-1")
             head.set_result(Response(self, status, reason, self._headers))
+        self._size = 0  # trailers, if any, count from here
         if state == _DONE:
             self._finish()
 
@@ -267,13 +268,14 @@ class Connection(asyncio.Protocol):
         if self._state == _DONE:  # after a head-only response: not a body of ours
             self._not_ours()
         self._stalled = 0
-        self._push(data)
+        if self._sink is not None:
+            self._pieces.append(data)  # handed on once the read is parsed
+        else:
+            self._push(data)
 
-    def on_chunk_header(self) -> None:
-        if self._state == _DONE:
-            self._not_ours()
-        self._stalled = 0
-        self._size = 0  # trailers, if any, count from here
+    # No on_chunk_header: llhttp calls it for every chunk of a stream, and
+    # on_body already marks progress and refuses a body after a head-only
+    # answer (a bare last chunk there ends nothing of ours: `_parser_ready`).
 
     def on_message_complete(self) -> None:
         # In _HEAD an interim answer ended; in _DONE a head-only one.
@@ -299,12 +301,6 @@ class Connection(asyncio.Protocol):
     # -- body delivery ----------------------------------------------------------
 
     def _push(self, data: bytes) -> None:
-        if not data:
-            return
-        sink = self._sink
-        if sink is not None:
-            sink(data)
-            return
         self._body.append(data)
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -347,8 +343,7 @@ class Connection(asyncio.Protocol):
             data = body.popleft() if len(body) == 1 else b"".join(body)
             body.clear()
             self._buffered = 0
-            sink(data)
-            sink.flush()
+            sink.deliver([data])
         self._sink = sink
         if self._paused and self._state != _DONE:
             self.resume_reading()

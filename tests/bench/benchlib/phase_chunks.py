@@ -226,6 +226,41 @@ def ramp(t: Target, req: bytes, levels: list[int], seconds: float) -> dict:
     return out
 
 
+def ttfb_c1(procs: Procs, tmp: Path, s: Settings) -> dict:
+    """Time to first byte of short streams, one at a time, each proxy against
+    the upstream reached directly: nginx shows what a proxy hop costs on
+    this machine (process wake-ups on an otherwise idle VM included)."""
+    up = _upstream(procs, 3, INTERVAL)
+    wait_ready(up)
+    targets = [Target("direct", "direct", up), *start_targets(procs, tmp, up.port)]
+    ttfb: dict[str, list[float]] = {t.key: [] for t in targets}
+
+    async def series(t: Target, n: int) -> None:
+        conns = await connect_many(t.port, 1)
+        try:
+            req = raw_request(t.port, STREAM_BODY)
+            for _ in range(n):
+                reply = await asyncio.wait_for(conns[0].request(req), 10)
+                ttfb[t.key].append(reply.ttfb * 1000)
+        finally:
+            conns[0].close()
+
+    for t in targets:  # warm-up
+        run_async(series(t, 3))
+        ttfb[t.key].clear()
+    for r in range(max(3, s.rounds * 2)):
+        for t in rotate(targets, r):
+            run_async(series(t, 10 if s.quick else 30))
+    direct = statistics.median(ttfb["direct"])
+    return {
+        t.key: {
+            "p50_ms": statistics.median(ttfb[t.key]),
+            "added_p50_ms": statistics.median(ttfb[t.key]) - direct,
+        }
+        for t in targets
+    }
+
+
 def phase_chunks(procs: Procs, tmp: Path, s: Settings) -> dict:
     upstream = _upstream(procs, CHUNKS, INTERVAL)
     wait_ready(upstream)
@@ -253,6 +288,7 @@ def phase_chunks(procs: Procs, tmp: Path, s: Settings) -> dict:
             "errors": sum(x["errors"] for x in rs),
             "bytes_differ": sum(x["bytes_differ"] for x in rs),
         }
+    out["ttfb_c1"] = ttfb_c1(procs, tmp, s)
     ramp_up = _upstream(procs, RAMP_CHUNKS, RAMP_INTERVAL)
     wait_ready(ramp_up)
     levels = [25, 100, 200, 400] if s.quick else [25, 100, 200, 300, 400, 600, 800, 1000]
@@ -312,4 +348,17 @@ def rows(res: dict) -> list[Row]:
             note="capped by the ramp's top level and the load core",
         )
     )
+    tt = res.get("ttfb_c1")
+    if tt:
+        out.append(
+            Row(
+                "chunks: added stream TTFB c=1, p50 ms, vs direct; direct column = nginx",
+                tt.get("nginx", {}).get("added_p50_ms", "n/a"),
+                tt["fwd"]["added_p50_ms"],
+                tt["gw"]["added_p50_ms"],
+                target="gw <= 0.5 ms",
+                passed=tt["gw"]["added_p50_ms"] <= 0.5,
+                fmt="{:.3f}",
+            )
+        )
     return out
