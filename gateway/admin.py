@@ -26,9 +26,9 @@ from .config.provider_api import DEFAULT_PASSTHROUGH
 from .config.replicas import as_record
 from .errors import GatewayError
 from .models import UpstreamListError, fetch_upstream_models
+from .proxy.request_body import read_body
 from .redact import MASK, SECRETISH_HEADER
 from .reload import Reloader
-from .request_body import read_body
 from .secrets import SecretError, SecretResolver
 from .snapshot import ProviderRuntime, Snapshot
 

@@ -20,17 +20,17 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from .admin import add_admin_routes
 from .cors import decorate, preflight
-from .endpoints import Endpoint, gateway_paths
 from .errors import GatewayError, error_response
-from .forwarder import ANONYMOUS, CLIENT, forward
 from .lease import HOLDER, Serve, serve_leased
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .model_warmup import ModelWarmer
 from .models import find_model, list_models
-from .passthrough import ResponseOwners, by_response_id, passthrough
+from .proxy.endpoints import Endpoint, gateway_paths
+from .proxy.forwarder import ANONYMOUS, CLIENT, forward
+from .proxy.passthrough import ResponseOwners, by_response_id, passthrough
+from .proxy.replica_metrics import replica_rows, replicas_by_provider
 from .reload import Reloader
-from .replica_metrics import replica_rows, replicas_by_provider
 from .snapshot import Snapshot, SnapshotHolder
 from .status import add_status_routes
 from .ui_routes import add_ui_routes

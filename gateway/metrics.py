@@ -26,7 +26,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .metrics_usage import STATUS_CLASSES, TPOT_BOUNDS, usage_families
-from .replica_metrics import merge_rows, replica_families
+from .proxy.replica_metrics import merge_rows, replica_families
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

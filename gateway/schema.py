@@ -40,8 +40,8 @@ from .config.cors import CORS_KEYS, MAX_MAX_AGE, CorsConfig
 from .config.provider_api import _PATTERN, _QUERY_NAME, AUTH_HEADERS, ApiOptions
 from .config.replicas import MAX_PREFIX_BYTES, MAX_REPLICAS
 from .config.telemetry import EXPORTERS
-from .endpoints import ENDPOINTS
 from .headercheck import _TOKEN_RE
+from .proxy.endpoints import ENDPOINTS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"

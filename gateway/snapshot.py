@@ -2,7 +2,7 @@
 
 A `Snapshot` is built from a validated `GatewayConfig` with every secret
 resolved. Each provider gets a `ProviderRuntime`: its upstream request
-pieces computed once, the hot path's keep-alive pool (`gateway.upstream`)
+pieces computed once, the hot path's keep-alive pool (`gateway.proxy.upstream`)
 and an aiohttp `ClientSession` for model listing and the admin API, both
 created on first use.
 A reload builds a new snapshot, reusing the runtimes of providers whose
@@ -35,11 +35,11 @@ from yarl import URL
 from . import __version__
 from .config import ConfigError, GatewayConfig, Problem, ProviderConfig
 from .config.provider_api import AUTH_HEADERS
-from .endpoints import ENDPOINTS, Endpoint
+from .proxy.endpoints import ENDPOINTS, Endpoint
+from .proxy.replicas import ReplicaSet, outstanding
+from .proxy.upstream import Pool
 from .redact import provider_redactor
-from .replicas import ReplicaSet, outstanding
 from .secrets import Secret, SecretResolver, config_secret_refs
-from .upstream import Pool
 
 log = logging.getLogger("gateway.snapshot")
 
@@ -154,7 +154,7 @@ class ProviderRuntime:
         self._pool: Pool | None = None
         self._tls: ssl.SSLContext | None = None
         self._closing = False
-        # Several replicas (gateway/replicas.py); None for one base_url, whose
+        # Several replicas (gateway/proxy/replicas.py); None for one base_url, whose
         # hot path stays as it was.
         self.replicas: ReplicaSet | None = (
             ReplicaSet(self, config.replicas) if config.replicas.enabled else None

@@ -26,10 +26,10 @@ from aiohttp import web
 
 # The admin API's lease-and-authorize gate: the same check, not a copy of it.
 from .admin_auth import admin_route, authorize
-from .endpoints import ENDPOINTS
-from .forwarder import CLIENT, forward
 from .metrics import DURATION_BOUNDS, OVERHEAD_BOUNDS, Histogram, Metrics
 from .models import list_models
+from .proxy.endpoints import ENDPOINTS
+from .proxy.forwarder import CLIENT, forward
 from .reload import Reloader
 from .snapshot import ProviderRuntime, Snapshot
 

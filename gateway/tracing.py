@@ -29,9 +29,9 @@ from .config.telemetry import TracingConfig
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from .relay import Outcome
+    from .proxy.relay import Outcome
+    from .proxy.usage import UsageTail
     from .snapshot import ProviderRuntime
-    from .usage import UsageTail
 
 log = logging.getLogger("gateway.tracing")
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .usage import KINDS
+from .proxy.usage import KINDS
 
 if TYPE_CHECKING:  # the CLI side imports neither
     from aiohttp import web

@@ -21,8 +21,8 @@ from datetime import date
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
-from ..endpoints import ENDPOINTS
 from ..headercheck import header_value_problem
+from ..proxy.endpoints import ENDPOINTS
 
 if TYPE_CHECKING:  # validate.py imports these modules (through schema.py)
     from .validate import Parser
@@ -53,7 +53,7 @@ class ApiOptions:
     query: tuple[tuple[str, str], ...] = ()  # added to every upstream request
     endpoints: frozenset[str] | None = None  # None: every endpoint of the table
     passthrough: tuple[str, ...] = DEFAULT_PASSTHROUGH
-    # Ask for usage on streams whose client did not (gateway/sse_filter.py).
+    # Ask for usage on streams whose client did not (gateway/proxy/sse_filter.py).
     stream_usage: bool = False
 
     def serves(self, endpoint: str) -> bool:

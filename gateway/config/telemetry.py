@@ -2,7 +2,7 @@
 
 ```yaml
 usage:
-  enabled: true            # token accounting (gateway/usage.py); GATEWAY_USAGE=off too
+  enabled: true            # token accounting (gateway/proxy/usage.py); GATEWAY_USAGE=off too
 tracing:                   # OpenTelemetry (gateway/tracing.py); needs gateway[otel]
   enabled: true
   endpoint: http://otel-collector:4318   # OTLP/HTTP; else OTEL_EXPORTER_OTLP_* applies

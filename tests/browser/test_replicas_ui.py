@@ -6,7 +6,7 @@ import pytest
 import yaml
 from playwright.async_api import expect
 
-from gateway import replica_discovery
+from gateway.proxy import replica_discovery
 from tests.browser.test_ui import CATALOGS, field_error, open_ui, row, sign_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -28,7 +28,7 @@ from agents import (
 from aiohttp import web
 from python_multipart.multipart import parse_options_header
 
-from gateway.multipart import find_model
+from gateway.proxy.multipart import find_model
 from tests.contract.test_ai_sdk_node import judge_ai_sdk_results, run_ai_sdk_check
 from tests.support import GatewayUnderTest
 

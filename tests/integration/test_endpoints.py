@@ -1,7 +1,7 @@
 """Every model-routed endpoint of the table, through a real gateway to loopback upstreams.
 
 The expected upstream paths are written out here, not read from
-`gateway.endpoints`: a wrong entry in the table must fail a test, not
+`gateway.proxy.endpoints`: a wrong entry in the table must fail a test, not
 move the expectation with it.
 """
 
@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from gateway.endpoints import ENDPOINTS
+from gateway.proxy.endpoints import ENDPOINTS
 from tests.integration.test_hot_reload import eventually
 from tests.support import SSE_FIXTURES, dead_url, split_awkwardly
 

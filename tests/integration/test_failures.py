@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway import forwarder
+from gateway.proxy import forwarder
 from tests.support import free_port
 
 CHAT = {"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]}

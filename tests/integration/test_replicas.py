@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway import replica_discovery
+from gateway.proxy import replica_discovery
 from tests.support import Upstream, dead_url, factory
 
 CHUNKS = [b'data: {"n":1}\n\n', b'data: {"n":2}\n\n', b'data: {"n":3}\n\n', b"data: [DONE]\n\n"]

@@ -1,4 +1,4 @@
-"""The streamed-body relay (gateway/pipe.py) through a real gateway: flow
+"""The streamed-body relay (gateway/proxy/body.py) through a real gateway: flow
 control both ways, framing for HTTP/1.0 clients, and bytes that share a read
 with the end of the stream or with what breaks it."""
 

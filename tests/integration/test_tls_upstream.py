@@ -7,8 +7,8 @@ import ssl
 import aiohttp
 import pytest
 
-from gateway.replicas import ReplicaPool
-from gateway.upstream import UpstreamError
+from gateway.proxy.replicas import ReplicaPool
+from gateway.proxy.upstream import UpstreamError
 from tests.support import stream_chat
 
 

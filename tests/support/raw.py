@@ -1,4 +1,4 @@
-"""Raw loopback servers that control every byte, and exchanges through gateway.upstream.
+"""Raw loopback servers that control every byte, and exchanges through gateway.proxy.upstream.
 
 The "upstream" here is `asyncio.start_server` on 127.0.0.1: a test decides
 exactly which bytes go out, how they are split and when the socket closes,
@@ -13,7 +13,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
-from gateway.upstream import Connection, Pool, Response, UpstreamError
+from gateway.proxy.upstream import Connection, Pool, Response, UpstreamError
 
 REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: up\r\nContent-Length: %d\r\n\r\n"
 

@@ -1,4 +1,4 @@
-"""Fixtures for the gateway.upstream tests: raw servers and pools, closed at teardown."""
+"""Fixtures for the gateway.proxy.upstream tests: raw servers and pools, closed at teardown."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.upstream import Pool
+from gateway.proxy.upstream import Pool
 from tests.support import factory
 from tests.support.raw import RawServer
 

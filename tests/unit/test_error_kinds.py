@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.metrics import Metrics
-from gateway.upstream import ErrorKind, UpstreamError
+from gateway.proxy.upstream import ErrorKind, UpstreamError
 
 
 def test_a_kind_is_its_label_string():

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.config import ProviderConfig
 from gateway.errors import GatewayError
-from gateway.rewrite import parse_model, request_head, response_headers, rewrite_model
+from gateway.proxy.rewrite import parse_model, request_head, response_headers, rewrite_model
 from gateway.snapshot import ProviderRuntime
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.multipart import MAX_PARTS, find_model, rewrite
+from gateway.proxy.multipart import MAX_PARTS, find_model, rewrite
 
 BOUNDARY = "----gw-test-boundary-7Yx"
 CTYPE = f"multipart/form-data; boundary={BOUNDARY}"

@@ -12,8 +12,8 @@ import pytest
 
 from gateway.config import parse_provider
 from gateway.config.replicas import Affinity
-from gateway.replica_ring import Ring, affinity_key, hash64, header_pattern
-from gateway.replica_send import retry_after
+from gateway.proxy.replica_ring import Ring, affinity_key, hash64, header_pattern
+from gateway.proxy.replica_send import retry_after
 from gateway.snapshot import ProviderRuntime
 
 A, B, C = (f"http://10.0.0.{i}:8000/v1" for i in (1, 2, 3))

@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.request_body import MAX_CODINGS, _Inflater, parse_codings
+from gateway.proxy.request_body import MAX_CODINGS, _Inflater, parse_codings
 
 TEXT = b'{"model": "up/m1", "messages": [{"role": "user", "content": "' + b"x" * 3000 + b'"}]}'
 

@@ -1,4 +1,4 @@
-"""Which provider a `model` goes to, and under what name (gateway.router).
+"""Which provider a `model` goes to, and under what name (gateway.proxy.router).
 
 Called directly on a snapshot loaded from a config file: a routing rule is
 clearer here than through an HTTP round trip. The providers that fetch their
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.router import route, route_one
+from gateway.proxy.router import route, route_one
 
 
 def names(targets) -> list[tuple[str, str]]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.sse_filter import (
+from gateway.proxy.sse_filter import (
     MAX_PENDING,
     UsageChunkFilter,
     add_include_usage,
     wants_stream_usage,
 )
-from gateway.usage import UsageTail
+from gateway.proxy.usage import UsageTail
 from tests.support import SSE_FIXTURES, split_awkwardly
 
 

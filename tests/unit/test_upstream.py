@@ -1,4 +1,4 @@
-"""gateway.upstream's errors (refused, reset, timeouts, proxies), backpressure
+"""gateway.proxy.upstream's errors (refused, reset, timeouts, proxies), backpressure
 and closing the pool, against raw loopback servers (tests.support.raw).
 
 Reading responses is in test_upstream_reading.py, the pool's reuse and cap
@@ -13,7 +13,7 @@ import ssl
 
 import pytest
 
-from gateway.upstream import Connection, Pool, Response, UpstreamError
+from gateway.proxy.upstream import Connection, Pool, Response, UpstreamError
 from tests.support import free_port
 from tests.support.raw import (
     REQUEST,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.upstream import Connection, UpstreamError
+from gateway.proxy.upstream import Connection, UpstreamError
 
 
 class FakeTransport:

@@ -1,4 +1,4 @@
-"""gateway.upstream's Pool: keep-alive reuse, the cap on connections and its
+"""gateway.proxy.upstream's Pool: keep-alive reuse, the cap on connections and its
 waiters, stale keep-alive connections.
 
 Against raw loopback servers (tests.support.raw); the pool is observed
@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from gateway.upstream import PoolStats, UpstreamError
+from gateway.proxy.upstream import PoolStats, UpstreamError
 from tests.support.raw import (
     REQUEST,
     Peer,

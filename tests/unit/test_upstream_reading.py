@@ -1,4 +1,4 @@
-"""gateway.upstream reading responses off real sockets: every split of the
+"""gateway.proxy.upstream reading responses off real sockets: every split of the
 bytes, bodies read until close, informational (1xx) responses.
 
 Against raw loopback servers (tests.support.raw); the framing rules byte by
@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from gateway.upstream import Connection, UpstreamError
+from gateway.proxy.upstream import Connection, UpstreamError
 from tests.support.raw import (
     REQUEST,
     Peer,

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.usage import HEAD_BYTES, TAIL_BYTES, UsageTail
+from gateway.proxy.usage import HEAD_BYTES, TAIL_BYTES, UsageTail
 from tests.support import split_awkwardly
 
 FIXTURES = Path("/work/shared/fixtures/sse")

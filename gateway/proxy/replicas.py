@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 
 from yarl import URL
 
-from .config.replicas import ReplicaOptions
+from ..config.replicas import ReplicaOptions
 from .replica_ring import Ring, header_pattern
 from .upstream import Connection, ErrorKind, Pool, UpstreamError
 
 if TYPE_CHECKING:
-    from .snapshot import ProviderRuntime
+    from ..snapshot import ProviderRuntime
 
 log = logging.getLogger("gateway.replicas")
 _SCAN_MAX = 8

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 # A transcription has a handful of fields; thousands of parts is an attack.
 MAX_PARTS = 256

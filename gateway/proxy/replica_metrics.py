@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from .snapshot import Snapshot
+    from ..snapshot import Snapshot
 
 # [provider, url, in_flight, requests, errors, ejections, ejected (0/1)]
 Row = list

@@ -10,9 +10,9 @@ forwarder tries in order (failover before the first byte).
 
 from __future__ import annotations
 
-from .errors import GatewayError
-from .models import provider_listing
-from .snapshot import ProviderRuntime, Snapshot
+from ..errors import GatewayError
+from ..models import provider_listing
+from ..snapshot import ProviderRuntime, Snapshot
 
 Target = tuple[ProviderRuntime, str]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import orjson
 from multidict import CIMultiDict
 
-from .errors import GatewayError
-from .snapshot import ProviderRuntime
+from ..errors import GatewayError
+from ..snapshot import ProviderRuntime
 
 # RFC 9110 section 7.6.1 hop-by-hop headers, plus the ones the gateway owns.
 # Lower-case plain strings: header names are compared after .lower().

@@ -14,7 +14,7 @@ from hashlib import blake2b
 
 import orjson
 
-from .config.replicas import Affinity
+from ..config.replicas import Affinity
 
 VNODES = 100
 _MAX_KEY = 1024  # a header value or `user` longer than this is hashed as its first 1 KiB

@@ -3,7 +3,7 @@
 `handle` wraps every proxied request (model-routed, passthrough, by
 response id): a request id, gateway errors turned into OpenAI-shaped
 responses, metrics and the access log. `forward` serves the model-routed
-endpoints of `gateway.endpoints`: read the body (bounded, decoded), find
+endpoints of `gateway.proxy.endpoints`: read the body (bounded, decoded), find
 `model` (a JSON field or a multipart form field), route it, rewrite just
 that name, then `relay.dispatch` tries the targets in order and streams
 the answer back untouched.
@@ -21,18 +21,18 @@ from time import perf_counter
 import orjson
 from aiohttp import web
 
+from ..errors import GatewayError
+from ..metrics import Metrics
+from ..snapshot import ProviderRuntime, Snapshot
+from ..tracing import begin as begin_span
+from ..tracing import finish as finish_span
 from . import multipart
 from .endpoints import Endpoint
-from .errors import GatewayError
-from .metrics import Metrics
 from .relay import Attempt, Body, Exchange, Outcome, body_length, dispatch
 from .request_body import read_body
 from .rewrite import parse_model, request_head, rewrite_model
 from .router import Target, route
-from .snapshot import ProviderRuntime, Snapshot
 from .sse_filter import stream_usage_body
-from .tracing import begin as begin_span
-from .tracing import finish as finish_span
 from .usage import UsageTail
 
 log = logging.getLogger("gateway.forwarder")

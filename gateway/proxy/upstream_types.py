@@ -1,6 +1,6 @@
 """What the hot path's upstream client hands out: a response head and its errors.
 
-Shared by `gateway.upstream_conn` (one connection) and `gateway.upstream`
+Shared by `gateway.proxy.upstream_conn` (one connection) and `gateway.proxy.upstream`
 (the pool), which re-exports both.
 """
 

@@ -23,7 +23,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
-from .config.replicas import MAX_REPLICAS, HealthCheck
+from ..config.replicas import MAX_REPLICAS, HealthCheck
 from .replicas import Replica, ReplicaSet
 from .upstream import ErrorKind, UpstreamError
 

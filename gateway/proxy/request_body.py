@@ -25,7 +25,7 @@ import zlib
 
 from aiohttp import web
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 # Stacked codings ("gzip, gzip") are legal; more than a few is an attack.
 MAX_CODINGS = 4

@@ -24,14 +24,14 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
+from ..errors import GatewayError
+from ..metrics import Metrics
+from ..snapshot import ProviderRuntime, Snapshot
 from .endpoints import ENDPOINTS
-from .errors import GatewayError
 from .forwarder import handle
-from .metrics import Metrics
 from .relay import Attempt, Exchange, dispatch
 from .request_body import read_body
 from .rewrite import request_head
-from .snapshot import ProviderRuntime, Snapshot
 
 # Encoded separators and dot segments would let a path match one pattern
 # here and mean another upstream (`/v1/x/..%2fload_lora_adapter`).

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import orjson
 
 if TYPE_CHECKING:
+    from ..snapshot import ProviderRuntime
     from .relay import Body, Exchange
-    from .snapshot import ProviderRuntime
 
 # A usage-only chunk is a few hundred bytes; anything pending longer than
 # this is passed on as it comes, so the filter never holds much.

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .errors import GatewayError
-from .metrics import Metrics
-from .pipe import Pipe
+from ..errors import GatewayError
+from ..metrics import Metrics
+from ..snapshot import ProviderRuntime
+from .body import copy_body, pipe_body, read_usage
 from .replica_send import send_to_replicas
 from .rewrite import response_headers
-from .snapshot import ProviderRuntime
 from .upstream import Connection, ErrorKind, Pool, Response, UpstreamError
 from .usage import UsageTail
 
 if TYPE_CHECKING:
-    from .tracing import RequestSpan
+    from ..tracing import RequestSpan
 
 log = logging.getLogger("gateway.forwarder")
 
@@ -304,133 +303,21 @@ async def relay(
         if "Content-Length" in headers:
             out = _CoalescedResponse(status=status, reason=upstream.reason, headers=headers)
             await out.prepare(request)
-            finished = await _copy(ex, runtime, upstream, out, t_sent)
+            finished = await copy_body(ex, runtime, upstream, out, t_sent)
         else:
             out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
             await out.prepare(request)
             if ex.chunk_filter is None or not ok:
-                finished = await _pipe(ex, runtime, conn, out, t_sent)
+                finished = await pipe_body(ex, runtime, conn, out, t_sent)
             else:  # opted-in stream usage (sse_filter.py): edited in a coroutine copy
-                finished = await _copy(ex, runtime, upstream, out, t_sent, ex.chunk_filter)
+                finished = await copy_body(ex, runtime, upstream, out, t_sent, ex.chunk_filter)
         if finished:
             await out.write_eof()
             if ex.usage is not None and ok:  # after the client has the end: delays nothing
-                outcome.usage = _read_usage(ex.usage, rid)
+                outcome.usage = read_usage(ex.usage, rid)
         return out
     finally:
         # A finished exchange keeps its connection for the next request;
         # anything else (client gone, broken stream) drops it at once, so the
         # model stops generating for a client that is gone.
         conn.pool.release(conn, reuse=finished)  # the replica's pool, if it has replicas
-
-
-async def _copy(
-    ex: Exchange,
-    runtime: ProviderRuntime,
-    upstream: Response,
-    out: web.StreamResponse,
-    t_sent: float,
-    edit: Callable[[bytes], bytes] | None = None,
-) -> bool:
-    """A body of known length, read and written in turns (JSON answers mostly
-    arrive whole with their head: one read, one write with the head). True
-    when it ended; False when the client left or the upstream broke.
-
-    With `edit` (Exchange.chunk_filter, a stream only): each chunk goes out
-    as `edit` returns it (b"": nothing), and `edit(b"")` at the end gives
-    what it held back."""
-    outcome, sniff, tail = ex.outcome, ex.sniff, ex.usage
-    read, write = upstream.read, out.write
-    nbytes = 0
-    try:
-        while True:
-            try:
-                chunk = await read()
-            except UpstreamError as exc:
-                _cut(ex, runtime, out, exc)
-                return False
-            if not chunk:
-                if edit is not None and (rest := edit(b"")):
-                    try:
-                        await write(rest)
-                    except ConnectionError:
-                        return False
-                return True
-            if not nbytes:
-                outcome.ttfb = perf_counter() - t_sent
-            if sniff is not None and sniff(runtime, chunk):
-                sniff = None
-            if tail is not None:
-                tail.feed(chunk)
-            nbytes += len(chunk)
-            if edit is not None:  # the side copies above saw the upstream's bytes
-                chunk = edit(chunk)
-                if not chunk:
-                    continue
-            try:
-                await write(chunk)
-            except ConnectionError:
-                return False  # the client went away; the caller drops the upstream
-    finally:
-        outcome.bytes = nbytes
-
-
-async def _pipe(
-    ex: Exchange, runtime: ProviderRuntime, conn: Connection, out: web.StreamResponse, t_sent: float
-) -> bool:
-    """A streamed body, relayed in the upstream connection's callbacks
-    (gateway.pipe); this coroutine only waits for its end and for a slow
-    client to drain. True when it ended; False when the client left or the
-    upstream broke."""
-    request = ex.request
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        return False
-    sniff = ex.sniff
-    pipe = Pipe(
-        conn,
-        transport,
-        request.writer.chunked,  # aiohttp chose the framing (HTTP/1.0 clients: none)
-        ex.usage,
-        None if sniff is None else partial(sniff, runtime),
-    )
-    try:
-        conn.start_sink(pipe)
-        while True:
-            try:
-                if await conn.wait_sink():
-                    return True
-            except UpstreamError as exc:
-                _cut(ex, runtime, out, exc)
-                return False
-            if pipe.gone or transport.is_closing():
-                return False
-            await request.writer.drain()  # the client is behind: wait for it
-            conn.resume_reading()
-    finally:
-        ex.outcome.bytes = pipe.nbytes
-        if pipe.nbytes:
-            ex.outcome.ttfb = pipe.first - t_sent
-
-
-def _cut(
-    ex: Exchange, runtime: ProviderRuntime, out: web.StreamResponse, exc: UpstreamError
-) -> None:
-    """The upstream broke after the head went out: the status can no longer
-    change, so cut the client's connection: a broken stream, not a clean end."""
-    log.warning(
-        "request %s: provider '%s' stream broke after headers: %s", ex.rid, runtime.name, exc
-    )
-    ex.outcome.error_kind = exc.kind
-    out.force_close()
-    if ex.request.transport is not None:
-        ex.request.transport.close()
-
-
-def _read_usage(tail: UsageTail, rid: str) -> dict[str, int]:
-    """The answer's usage; a bug in reading it must not break the response."""
-    try:
-        return tail.result()
-    except Exception:
-        log.exception("request %s: reading token usage failed", rid)
-        return {}

@@ -18,14 +18,14 @@ from email.utils import parsedate_to_datetime
 from time import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import GatewayError
+from ..errors import GatewayError
 from .replica_ring import affinity_key
 from .replicas import Replica, ReplicaSet
 from .upstream import Connection, ErrorKind, Response
 
 if TYPE_CHECKING:
+    from ..snapshot import ProviderRuntime
     from .relay import Attempt
-    from .snapshot import ProviderRuntime
 
 Sent = tuple[Connection, Response]
 Send = Callable[..., Awaitable[Sent]]

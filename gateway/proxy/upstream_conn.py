@@ -5,7 +5,7 @@ kept) through `httptools`, inside a plain `asyncio.Protocol`: the hand-written
 parser this replaces let a response with both Content-Length and chunked
 framing put a keep-alive client connection out of step. No lenient flag is
 set. The pool, the CONNECT tunnel and the reasons for not using aiohttp's
-client here are in `gateway.upstream`.
+client here are in `gateway.proxy.upstream`.
 
 Framing follows RFC 9112 section 6.3. What cannot be framed unambiguously is
 an `UpstreamError("protocol")` and the connection is aborted, never reused:
@@ -59,7 +59,7 @@ _HEAD, _BODY, _UNTIL_CLOSE, _DONE = range(4)
 
 
 class Sink(Protocol):
-    """Takes the body bytes of each read (`gateway.pipe.Pipe`)."""
+    """Takes the body bytes of each read (`gateway.proxy.body.Pipe`)."""
 
     def deliver(self, pieces: list[bytes]) -> None:
         """The body pieces llhttp found in one read, in order (not kept)."""
@@ -96,7 +96,7 @@ class Connection(asyncio.Protocol):
         self._size = 0  # bytes of its head, or of its trailer section
         self._te: bytes | None = None  # Transfer-Encoding, all fields joined
         self._has_length = False
-        # Delivery: buffered for read_body(), or handed to a sink (gateway.pipe)
+        # Delivery: buffered for read_body(), or handed to a sink (gateway.proxy.body)
         self._sink: Sink | None = None
         self._pieces: list[bytes] = []  # body of the read being parsed, for the sink
         self._body: deque[bytes] = deque()

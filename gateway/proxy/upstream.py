@@ -11,7 +11,7 @@ where convenience matters more than microseconds.
 
 This module holds the pool (and the CONNECT tunnel through an outbound
 proxy); one connection and its response framing (llhttp, RFC 9112 section
-6.3) are in `gateway.upstream_conn`, whose names are re-exported here.
+6.3) are in `gateway.proxy.upstream_conn`, whose names are re-exported here.
 """
 
 from __future__ import annotations

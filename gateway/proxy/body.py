@@ -1,0 +1,231 @@
+"""An answer's body, from the upstream to the client: `copy_body` for a known
+length (read and written in turns), `pipe_body` for a stream, relayed inside
+the upstream connection's parser callbacks by a `Pipe`.
+
+Once a stream's head is out, relaying its body is byte shuffling. Doing it
+in a coroutine costs, per chunk, a future, a task wake-up and a pass
+through aiohttp's writer; that was about a third of the gateway's CPU per
+relayed chunk (bench `--chunks-only`). Here llhttp's `on_body` collects
+the pieces of one read, and once the read is parsed `Pipe.deliver` writes
+all of it to the client's transport, as one chunk, in the same loop
+iteration the bytes arrived in.
+The relay coroutine sleeps until the body ends, breaks, or the client falls
+behind (Envoy's design: forward raw bytes, look only at a side copy).
+
+Flow control is the transports' own: when the client's write buffer passes
+its high-water mark (aiohttp's protocol is told `pause_writing`), reading
+from the upstream pauses and the relay coroutine waits for the client to
+drain, then resumes it. The upstream's idle timer knows a paused read is
+the client's doing, not the upstream's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .upstream import UpstreamError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ..snapshot import ProviderRuntime
+    from .relay import Exchange
+    from .upstream import Connection, Response
+    from .usage import UsageTail
+
+log = logging.getLogger("gateway.forwarder")
+
+
+# Chunk size lines for the sizes SSE events have: formatting one per chunk
+# was a measurable share of the relay's own instructions (callgrind).
+_CACHED_SIZES = 4096
+_SIZE_LINES = tuple(b"%x\r\n" % n for n in range(_CACHED_SIZES))
+
+
+class Pipe:
+    """Given the body pieces of each read: counts them, gives the side copies
+    their look, writes them to the client. Never raises: a client that is
+    gone ends the relay through `gone`, the relay coroutine's to act on."""
+
+    __slots__ = (
+        "chunked",
+        "conn",
+        "first",
+        "gone",
+        "high_water",
+        "nbytes",
+        "sniff",
+        "tail",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        conn: Connection,
+        transport: asyncio.Transport,
+        chunked: bool,
+        tail: UsageTail | None,
+        sniff: Callable[[bytes], bool] | None,
+    ):
+        self.conn = conn
+        self.transport = transport
+        self.chunked = chunked
+        self.tail = tail
+        self.sniff = sniff
+        self.nbytes = 0
+        self.first = 0.0  # perf_counter() of the first body byte
+        self.gone = False  # the client's connection closed under us
+        # Past this the transport pauses aiohttp's writing (drain() waits):
+        # read as a number here, a property call per chunk was not free.
+        self.high_water = transport.get_write_buffer_limits()[1]
+
+    def deliver(self, pieces: list[bytes]) -> None:
+        """Count what one read delivered, give the side copies their look,
+        and write it as one chunk: a read often holds several upstream
+        chunks (one write each was half the syscalls). Chunk boundaries
+        carry no meaning; the bytes are the same."""
+        n = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+        if not self.nbytes:
+            self.first = perf_counter()
+        self.nbytes += n
+        if self.sniff is not None or self.tail is not None:
+            self._side_copies(pieces)
+        t = self.transport
+        if t.is_closing():
+            self.gone = True
+            self.conn.stop_reading()  # the relay coroutine drops the upstream
+            return
+        if not self.chunked:
+            t.writelines(pieces)
+        else:
+            size_line = _SIZE_LINES[n] if n < _CACHED_SIZES else b"%x\r\n" % n
+            t.writelines((size_line, *pieces, b"\r\n"))
+        if t.get_write_buffer_size() > self.high_water:  # the client is behind:
+            self.conn.stop_reading()  # the transport told aiohttp to pause writing
+
+    def _side_copies(self, pieces: list[bytes]) -> None:
+        tail = self.tail
+        for data in pieces:
+            sniff = self.sniff
+            if sniff is not None and sniff(data):
+                self.sniff = None
+            if tail is not None:
+                tail.feed(data)
+
+
+async def copy_body(
+    ex: Exchange,
+    runtime: ProviderRuntime,
+    upstream: Response,
+    out: web.StreamResponse,
+    t_sent: float,
+    edit: Callable[[bytes], bytes] | None = None,
+) -> bool:
+    """A body of known length, read and written in turns (JSON answers mostly
+    arrive whole with their head: one read, one write with the head). True
+    when it ended; False when the client left or the upstream broke.
+
+    With `edit` (Exchange.chunk_filter, a stream only): each chunk goes out
+    as `edit` returns it (b"": nothing), and `edit(b"")` at the end gives
+    what it held back."""
+    outcome, sniff, tail = ex.outcome, ex.sniff, ex.usage
+    read, write = upstream.read, out.write
+    nbytes = 0
+    try:
+        while True:
+            try:
+                chunk = await read()
+            except UpstreamError as exc:
+                cut(ex, runtime, out, exc)
+                return False
+            if not chunk:
+                if edit is not None and (rest := edit(b"")):
+                    try:
+                        await write(rest)
+                    except ConnectionError:
+                        return False
+                return True
+            if not nbytes:
+                outcome.ttfb = perf_counter() - t_sent
+            if sniff is not None and sniff(runtime, chunk):
+                sniff = None
+            if tail is not None:
+                tail.feed(chunk)
+            nbytes += len(chunk)
+            if edit is not None:  # the side copies above saw the upstream's bytes
+                chunk = edit(chunk)
+                if not chunk:
+                    continue
+            try:
+                await write(chunk)
+            except ConnectionError:
+                return False  # the client went away; the caller drops the upstream
+    finally:
+        outcome.bytes = nbytes
+
+
+async def pipe_body(
+    ex: Exchange, runtime: ProviderRuntime, conn: Connection, out: web.StreamResponse, t_sent: float
+) -> bool:
+    """A streamed body, relayed in the upstream connection's callbacks
+    (`Pipe` above); this coroutine only waits for its end and for a slow
+    client to drain. True when it ended; False when the client left or the
+    upstream broke."""
+    request = ex.request
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return False
+    sniff = ex.sniff
+    pipe = Pipe(
+        conn,
+        transport,
+        request.writer.chunked,  # aiohttp chose the framing (HTTP/1.0 clients: none)
+        ex.usage,
+        None if sniff is None else partial(sniff, runtime),
+    )
+    try:
+        conn.start_sink(pipe)
+        while True:
+            try:
+                if await conn.wait_sink():
+                    return True
+            except UpstreamError as exc:
+                cut(ex, runtime, out, exc)
+                return False
+            if pipe.gone or transport.is_closing():
+                return False
+            await request.writer.drain()  # the client is behind: wait for it
+            conn.resume_reading()
+    finally:
+        ex.outcome.bytes = pipe.nbytes
+        if pipe.nbytes:
+            ex.outcome.ttfb = pipe.first - t_sent
+
+
+def cut(
+    ex: Exchange, runtime: ProviderRuntime, out: web.StreamResponse, exc: UpstreamError
+) -> None:
+    """The upstream broke after the head went out: the status can no longer
+    change, so cut the client's connection: a broken stream, not a clean end."""
+    log.warning(
+        "request %s: provider '%s' stream broke after headers: %s", ex.rid, runtime.name, exc
+    )
+    ex.outcome.error_kind = exc.kind
+    out.force_close()
+    if ex.request.transport is not None:
+        ex.request.transport.close()
+
+
+def read_usage(tail: UsageTail, rid: str) -> dict[str, int]:
+    """The answer's usage; a bug in reading it must not break the response."""
+    try:
+        return tail.result()
+    except Exception:
+        log.exception("request %s: reading token usage failed", rid)
+        return {}
