@@ -43,6 +43,18 @@ def _stop_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _run_worker(parent: int, index: int, run_one: Callable[[int], int]) -> None:
+    """In the forked child: default signals, die with the parent, never return."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    _stop_with_parent(parent)
+    code = 1
+    try:
+        code = run_one(index)
+    finally:
+        os._exit(code)
+
+
 def run_workers(count: int, run_one: Callable[[int], int]) -> int:
     """Fork `count` workers running `run_one(index)`; supervise until they stop."""
     workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
@@ -53,14 +65,7 @@ def run_workers(count: int, run_one: Callable[[int], int]) -> int:
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            _stop_with_parent(parent)
-            code = 1
-            try:
-                code = run_one(index)
-            finally:
-                os._exit(code)
+            _run_worker(parent, index, run_one)
         workers[pid] = (index, time.monotonic())
 
     def forward(signum: int, _frame: object) -> None:
