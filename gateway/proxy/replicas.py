@@ -32,7 +32,7 @@ from yarl import URL
 
 from ..config.replicas import ReplicaOptions
 from .replica_ring import Ring, header_pattern
-from .upstream import Connection, ErrorKind, Pool, UpstreamError
+from .upstream import Pool
 
 if TYPE_CHECKING:
     from ..snapshot import ProviderRuntime
@@ -48,28 +48,6 @@ class ReplicaPool(Pool):
         super().__init__(*args, **kwargs)
         self.server_name = server_name
 
-    async def _connect(self) -> Connection:
-        if self.server_name is None or self.ssl is None:
-            return await super()._connect()
-        # A discovered address: connect to it, verify the certificate for the name.
-        if self._closed:
-            raise UpstreamError(ErrorKind.OTHER, "the replica's pool is closed (it left)")
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.server_name,
-                )
-        except TimeoutError:
-            raise UpstreamError(
-                ErrorKind.CONNECT_TIMEOUT, f"no connection within {self.connect_timeout:g}s"
-            ) from None
-        except OSError as exc:
-            raise UpstreamError(ErrorKind.CONNECT, exc.strerror or str(exc)) from None
-        return conn
 
 
 def outstanding(pool: Pool) -> int:

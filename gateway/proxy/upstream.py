@@ -70,6 +70,9 @@ class PoolStats(NamedTuple):
 class Pool:
     """Keep-alive connections to one upstream host, at most `limit` at once."""
 
+    # The TLS name to verify when `host` is an address (a replica found by DNS).
+    server_name: str | None = None
+
     def __init__(
         self,
         host: str,
@@ -150,7 +153,7 @@ class Pool:
                     self.host,
                     self.port,
                     ssl=self.ssl,
-                    server_hostname=self.host if self.ssl else None,
+                    server_hostname=(self.server_name or self.host) if self.ssl else None,
                 )
         except TimeoutError:
             raise UpstreamError(

@@ -338,12 +338,8 @@ class Connection(asyncio.Protocol):
     def start_sink(self, sink: Sink) -> None:
         """From now on hand body bytes to `sink` as llhttp delivers them,
         beginning with what is already buffered. `wait_sink` follows them."""
-        body = self._body
-        if body:
-            data = body.popleft() if len(body) == 1 else b"".join(body)
-            body.clear()
-            self._buffered = 0
-            sink.deliver([data])
+        if self._body:
+            sink.deliver([self._take_buffered()])
         self._sink = sink
         if self._paused and self._state != _DONE:
             self.resume_reading()
@@ -374,17 +370,18 @@ class Connection(asyncio.Protocol):
             self._last_data = self.loop.time()  # the upstream's idle clock restarts
             self.transport.resume_reading()
 
+    def _take_buffered(self) -> bytes:
+        body = self._body
+        data = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        return data
+
     async def read_body(self) -> bytes:
         while True:
-            body = self._body
-            if body:
-                data = body.popleft() if len(body) == 1 else b"".join(body)
-                body.clear()
-                self._buffered = 0
-                if self._paused and self.transport is not None:
-                    self._paused = False
-                    self._last_data = self.loop.time()  # the upstream's idle clock restarts
-                    self.transport.resume_reading()
+            if self._body:
+                data = self._take_buffered()
+                self.resume_reading()  # if it was paused for what was buffered
                 return data
             if self._error is not None:
                 raise self._error
