@@ -180,7 +180,13 @@ async def dispatch(
             before_upstream = perf_counter() - ex.t0
             t_sent = perf_counter()
             try:
-                conn, upstream = await send(runtime, attempt)
+                rs = runtime.replicas
+                if rs is None:
+                    conn, upstream = await send(runtime, attempt, runtime.pool)
+                else:  # pick a replica, retry once on another (one frame fewer here)
+                    conn, upstream = await send_to_replicas(
+                        runtime, rs, attempt, send, UpstreamFailure
+                    )
             except UpstreamFailure as exc:
                 metrics.upstream_error(name, exc.kind)
                 if i < last:
@@ -224,31 +230,27 @@ def _failure(runtime: ProviderRuntime, exc: UpstreamError, pool: Pool) -> Upstre
 
 
 async def send(
-    runtime: ProviderRuntime, attempt: Attempt, pool: Pool | None = None
+    runtime: ProviderRuntime, attempt: Attempt, pool: Pool, head: bytes | None = None
 ) -> tuple[Connection, Response]:
     """Send the request on a pooled connection and wait for the response head.
 
     A reused keep-alive connection that the upstream had already closed
     fails before any response byte; the request is then sent once more on a
     fresh connection (the upstream never saw it). Raises UpstreamFailure.
-    A provider with replicas picks one (gateway.replica_send), which comes
-    back here with that replica's `pool`.
+    `pool` is the provider's, or the chosen replica's
+    (gateway.proxy.replica_send), which passes its own `head` when the
+    replica's Host line differs from the one the attempt's head carries.
     """
-    if pool is None:
-        replicas = runtime.replicas
-        if replicas is not None:
-            return await send_to_replicas(runtime, replicas, attempt, send, UpstreamFailure)
-        pool = runtime.pool
     first_byte = runtime.config.timeouts.first_byte
+    if head is None:
+        head = attempt.head
     for try_no in (0, 1):
         try:
             conn = await pool.acquire()
         except UpstreamError as exc:
             raise _failure(runtime, exc, pool) from None
         try:
-            return conn, await conn.send(
-                attempt.head, attempt.data, first_byte, attempt.head_request
-            )
+            return conn, await conn.send(head, attempt.data, first_byte, attempt.head_request)
         except UpstreamError as exc:
             pool.release(conn, reuse=False)
             if try_no == 0 and exc.kind is ErrorKind.RESET and exc.before_response and conn.reused:

@@ -1,6 +1,6 @@
 """Sending one attempt to a provider with replicas: pick, send, retry once elsewhere.
 
-`relay.send` comes here only for a runtime with a `ReplicaSet`. A request
+`relay.dispatch` comes here only for a runtime with a `ReplicaSet`. A request
 that fails before its first byte on one replica (no connection, a reset, a
 timeout, a 5xx or a 429 head) is sent once more to another replica, if one
 is available; the client never saw anything of the first try. Once the
@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from time import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import GatewayError
 from .replica_ring import affinity_key
@@ -78,26 +78,20 @@ async def _last_try(
     return conn, upstream
 
 
-def _send_on(r: Replica, runtime: ProviderRuntime, attempt: Any, send: Send) -> Awaitable[Sent]:
+def _send_on(r: Replica, runtime: ProviderRuntime, attempt: Attempt, send: Send) -> Awaitable[Sent]:
     r.requests += 1
-    if r.host_line is not runtime.host_line:
-        attempt = _with_host(attempt, runtime.host_line, r.host_line)
-    return send(runtime, attempt, r.pool)
+    if r.host_line is runtime.host_line:
+        return send(runtime, attempt, r.pool)
+    return send(runtime, attempt, r.pool, _with_host(attempt.head, runtime.host_line, r.host_line))
 
 
-def _with_host(attempt: Any, old: bytes, new: bytes) -> Any:
-    """The attempt with this replica's Host line: the head was built with the
+def _with_host(head: bytes, old: bytes, new: bytes) -> bytes:
+    """The head with this replica's Host line: it was built with the
     provider's, right after the request line."""
-    head = attempt.head
     at = head.find(b"\r\n") + 2
     if not head.startswith(old, at):
-        return attempt
-    cls = type(attempt)
-    other = cls.__new__(cls)
-    for name in cls.__slots__:  # whatever else an Attempt carries goes along
-        setattr(other, name, getattr(attempt, name))
-    other.head = b"".join((head[:at], new, head[at + len(old) :]))
-    return other
+        return head
+    return b"".join((head[:at], new, head[at + len(old) :]))
 
 
 def _judge(rs: ReplicaSet, r: Replica, upstream: Response) -> bool:
@@ -111,7 +105,8 @@ def _judge(rs: ReplicaSet, r: Replica, upstream: Response) -> bool:
         if seconds:
             rs.rate_limited(r, seconds)
         return True
-    rs.succeeded(r)
+    if r.fails or r.backoff:  # most answers change nothing: no call for them
+        rs.succeeded(r)
     return False
 
 

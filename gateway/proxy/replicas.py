@@ -49,7 +49,6 @@ class ReplicaPool(Pool):
         self.server_name = server_name
 
 
-
 def outstanding(pool: Pool) -> int:
     """Requests using `pool` now (for one base_url's state)."""
     return pool.outstanding
@@ -217,7 +216,8 @@ class ReplicaSet:
         least = 0
         ties = 0
         for r in replicas:
-            if r is exclude or not r.available(now):
+            # r.available(now), written out: this runs per request per replica.
+            if r is exclude or r.ejected_until > now or r.unhealthy:
                 continue
             k = r.pool.outstanding  # type: ignore[union-attr]
             if best is None or k < least:
