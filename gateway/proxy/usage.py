@@ -26,7 +26,6 @@ HEAD_BYTES = 4096  # `message_start` comes first and is small
 # hundred bytes, and this is held for every stream in flight.
 TAIL_BYTES = 4096
 _USAGE_SPAN = 4096  # a usage object is a few hundred bytes; decode no more than this
-_WHOLE_JSON = 16 * 1024  # a JSON answer up to this is parsed whole
 _MAX_CANDIDATES = 8  # `"usage"` occurrences looked at, newest first
 _MAX_TOKENS = 1 << 53  # above this a count is nonsense (and loses precision as a float)
 
@@ -74,18 +73,10 @@ class UsageTail:
     def result(self) -> dict[str, int]:
         """Token counts by kind (those the upstream reported); {} for unknown."""
         head = self.head[0] if len(self.head) == 1 else b"".join(self.head)
-        if not self.tail and head.startswith(b"{") and len(head) <= _WHOLE_JSON:
-            # A whole JSON answer (chat, completions, embeddings, Responses,
-            # Messages): orjson reads all of it in C faster than the key
-            # search below runs in Python.
-            try:
-                usage = orjson.loads(head)
-            except orjson.JSONDecodeError:
-                usage = None
-            if type(usage) is dict:
-                usage = usage.get("usage")
-                return counts(usage) if type(usage) is dict else {}
-        if self.dropped:
+        usage = _flat_usage(head) if not self.tail else _NOT_FLAT
+        if usage is not _NOT_FLAT:
+            pass  # the whole answer is in `head`, its usage written compactly
+        elif self.dropped:
             usage = _last_usage(b"".join(self.tail))
         else:  # the whole body is here: search it as one
             usage = _last_usage(head + b"".join(self.tail) if self.tail else head)
@@ -155,6 +146,27 @@ def _messages_counts(usage: dict) -> dict[str, int]:
 
 def _valid(n: object) -> bool:
     return type(n) is int and 0 <= n < _MAX_TOKENS
+
+
+_NOT_FLAT = object()
+_FLAT_KEY = b'"usage":{'
+
+
+def _flat_usage(buf: bytes) -> object:
+    """The newest usage object when it is written compactly and holds no
+    nested object (chat and completions without details, most answers):
+    a few C calls instead of the general search. _NOT_FLAT otherwise."""
+    pos = buf.rfind(_FLAT_KEY)
+    if pos < 0 or buf.find(_KEY, pos + len(_KEY)) >= 0:
+        return _NOT_FLAT  # none, or a newer "usage" (null, spaced) decides
+    start = pos + len(_FLAT_KEY) - 1
+    end = buf.find(b"}", start)
+    if end < 0 or buf.find(b"{", start + 1, end) >= 0:
+        return _NOT_FLAT  # cut off, or nested: the general search
+    try:
+        return orjson.loads(buf[start : end + 1])
+    except orjson.JSONDecodeError:
+        return _NOT_FLAT
 
 
 def _last_usage(buf: bytes) -> object:
