@@ -94,8 +94,12 @@ class Pipe:
         if not self.nbytes:
             self.first = perf_counter()
         self.nbytes += n
-        if self.sniff is not None or self.tail is not None:
-            self._side_copies(pieces)
+        if self.sniff is not None:
+            self._sniff(pieces)
+        tail = self.tail
+        if tail is not None:  # the usage side copy keeps references, no bytes copied
+            for data in pieces:
+                tail.feed(data)
         t = self.transport
         if t.is_closing():
             self.gone = True
@@ -109,14 +113,11 @@ class Pipe:
         if t.get_write_buffer_size() > self.high_water:  # the client is behind:
             self.conn.stop_reading()  # the transport told aiohttp to pause writing
 
-    def _side_copies(self, pieces: list[bytes]) -> None:
-        tail = self.tail
+    def _sniff(self, pieces: list[bytes]) -> None:
         for data in pieces:
             sniff = self.sniff
             if sniff is not None and sniff(data):
                 self.sniff = None
-            if tail is not None:
-                tail.feed(data)
 
 
 async def copy_body(
