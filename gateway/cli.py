@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also fail on warnings (a config with no providers)",
     )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also connect to every upstream (base_url, each replica, or the proxy) and "
+        "resolve discovery names: fail on any this machine cannot reach",
+    )
 
     schema = sub.add_parser(
         "schema",
@@ -247,6 +253,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"{path}: warning: no providers are configured", file=sys.stderr)
                 if args.strict:
                     problems = ["no providers are configured (--strict)"]
+    if args.probe and not problems:
+        problems = _probe(path)
     if problems:
         n = len(problems)
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -254,6 +262,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(ok)
     return 0
+
+
+def _probe(path: Path) -> list[str]:
+    """`check --probe`: the upstreams this machine cannot reach (gateway/probe.py)."""
+    from .config import load_config
+    from .probe import probe
+
+    return asyncio.run(probe(load_config(path), str(path)))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
