@@ -25,7 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .metrics_usage import STATUS_CLASSES, TPOT_BOUNDS, usage_families
+from .metrics_usage import KIND_SLOT, STATUS_CLASSES, TPOT_BOUNDS, UsageCounts, usage_families
 from .proxy.replica_metrics import merge_rows, replica_families
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -69,7 +69,7 @@ class Histogram:
         return out
 
 
-class Metrics:
+class Metrics(UsageCounts):
     """Everything `/metrics` reports. One instance per running gateway."""
 
     def __init__(self) -> None:
@@ -81,12 +81,8 @@ class Metrics:
         self.inflight: dict[str, int] = {}
         self.bytes_forwarded: dict[str, int] = {}
         self.failovers: dict[str, int] = {}
-        # (provider, model, kind, client) -> tokens; kinds in usage.KINDS.
-        self.tokens_total: dict[tuple[str, str, str, str], int] = {}
-        # provider -> answers that should have reported usage and did not.
+        self.usage_rows: dict[tuple[str, str, str], list] = {}  # see UsageCounts
         self.requests_without_usage: dict[str, int] = {}
-        # (provider, model, client) -> answers whose usage was read (known or not).
-        self.usage_requests: dict[tuple[str, str, str], int] = {}
         # Streams only: first body byte, and time per output token after it.
         self.ttft: dict[str, Histogram] = {}
         self.tpot: dict[str, Histogram] = {}
@@ -166,27 +162,6 @@ class Metrics:
         if completion is not None and completion > 1:
             self.tpot[provider].observe((duration - ttft) / (completion - 1))
 
-    def tokens(self, provider: str, model: str, client: str, usage: dict[str, int]) -> None:
-        """Count one answer's tokens by kind; an empty `usage` counts as unknown."""
-        key3 = (provider, model, client)
-        self.usage_requests[key3] = self.usage_requests.get(key3, 0) + 1
-        if not usage:
-            missing = self.requests_without_usage
-            missing[provider] = missing.get(provider, 0) + 1
-            return
-        totals = self.tokens_total
-        for kind, n in usage.items():
-            key = (provider, model, kind, client)
-            totals[key] = totals.get(key, 0) + n
-
-    def token_totals(self) -> dict[str, dict[str, int]]:
-        """Tokens per provider, by kind (summed over models and clients)."""
-        out: dict[str, dict[str, int]] = {}
-        for (provider, _model, kind, _client), n in self.tokens_total.items():
-            by_kind = out.setdefault(provider, {})
-            by_kind[kind] = by_kind.get(kind, 0) + n
-        return out
-
     # -- between processes -----------------------------------------------------
 
     def state(self) -> dict:
@@ -235,8 +210,10 @@ class Metrics:
             for key, n in theirs.items():
                 mine[key] = mine.get(key, 0) + n
         for provider, model, kind, client, n in state.get("tokens", ()):
-            key = (provider, model, kind, client)
-            self.tokens_total[key] = self.tokens_total.get(key, 0) + n
+            i = KIND_SLOT.get(kind)
+            if i is not None:  # a kind this version does not know: left out
+                row = self._row((provider, model, client))
+                row[i] = n if row[i] is None else row[i] + n
         self._add_usage_state(state)
         self.added_replica_rows.extend(state.get("replicas", ()))
         if state["reloads"] is not None:
@@ -246,8 +223,7 @@ class Metrics:
     def _add_usage_state(self, state: dict) -> None:
         # .get throughout: a worker of an older version has none of these.
         for provider, model, client, n in state.get("usage_requests", ()):
-            key = (provider, model, client)
-            self.usage_requests[key] = self.usage_requests.get(key, 0) + n
+            self._row((provider, model, client))[0] += n
         for mine, theirs, bounds in (
             (self.ttft, state.get("ttft", {}), DURATION_BOUNDS),
             (self.tpot, state.get("tpot", {}), TPOT_BOUNDS),
