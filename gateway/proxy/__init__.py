@@ -15,7 +15,7 @@ Read in this order:
   first byte), `send()` waits for the upstream head, `relay()` writes the
   head to the client; `pipe` relays the body (a known length copied, a
   stream moved in the upstream connection's parser callbacks).
-- `upstream`, `upstream_conn`, `upstream_types`: the keep-alive HTTP/1.1
+- `upstream`, `upstream_conn`, `upstream_framing`, `upstream_types`: the keep-alive HTTP/1.1
   client (a pool per provider or replica, llhttp framing, timeouts).
 - `replicas`, `replica_*`: several upstream servers behind one provider.
 - Side copies that never change a byte: `usage` (tokens), `sse_filter`

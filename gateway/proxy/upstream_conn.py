@@ -1,31 +1,12 @@
 """One keep-alive HTTP/1.1 connection to an upstream: send a request, frame the answer.
 
-Responses are parsed by llhttp (Node.js's HTTP parser, fuzzed and well
-kept) through `httptools`, inside a plain `asyncio.Protocol`: the hand-written
-parser this replaces let a response with both Content-Length and chunked
-framing put a keep-alive client connection out of step. No lenient flag is
-set. The pool, the CONNECT tunnel and the reasons for not using aiohttp's
-client here are in `gateway.proxy.upstream`.
-
-Framing follows RFC 9112 section 6.3. What cannot be framed unambiguously is
-an `UpstreamError("protocol")` and the connection is aborted, never reused:
-
-- 1xx, 204, 304 and answers to HEAD have no body, whatever their headers say.
-  Interim 1xx answers (100, 103) are skipped, at most `_MAX_INTERIM`, and
-  may carry no Content-Length or Transfer-Encoding; 101 is refused (the
-  gateway never asks to upgrade).
-- Transfer-Encoding must be exactly `chunked`, in HTTP/1.1: another coding
-  could not be passed on (the header is hop-by-hop; the gateway cannot
-  re-apply it). With Content-Length as well it is an error (llhttp).
-- Content-Length: digits, once (llhttp refuses duplicates, equal or not).
-- Otherwise the body runs until the upstream closes; a reset is a cut.
-- Heads: HTTP/1.0 or 1.1, status 100-599, no control byte but HTAB, no bare
-  CR or LF and no obs-fold in header names, values or the reason phrase
-  (llhttp, and `_CTL` for the reason phrase, which llhttp does not check);
-  at most `_HEAD_LIMIT` bytes and `_MAX_HEADERS` fields. Trailers are
-  checked the same way, bounded by `_TRAILER_LIMIT`, and dropped.
-- Bytes after a complete response mean the connection is not reused. (llhttp
-  skips bare CRLFs between responses, as RFC 9112 section 2.2 allows.)
+A plain `asyncio.Protocol` around llhttp (through `httptools`): the framing
+rules and llhttp's callbacks are in `gateway.proxy.upstream_framing`; this
+module sends the request, delivers the body (buffered for `read_body`, or to
+a sink that relays it), and keeps the timers. What cannot be framed
+unambiguously is an `UpstreamError("protocol")` and the connection is
+aborted, never reused. The pool, the CONNECT tunnel and the reasons for not
+using aiohttp's client here are in `gateway.proxy.upstream`.
 
 Body bytes are handed on as llhttp delivers them: exactly what the upstream
 sent, chunk framing removed.
@@ -34,28 +15,26 @@ sent, chunk framing removed.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
-from .upstream_types import Response, UpstreamError
+from .upstream_framing import (
+    HEAD_LIMIT,
+    HIGH_WATER,
+    S_DONE,
+    S_HEAD,
+    S_UNTIL_CLOSE,
+    Framing,
+    Reject,
+    Stop,
+)
+from .upstream_types import UpstreamError
 
 if TYPE_CHECKING:
     from .upstream import Pool
-
-_HEAD_LIMIT = 64 * 1024  # one response head; also bytes fed without progress
-_TRAILER_LIMIT = 16 * 1024
-_MAX_HEADERS = 256
-_MAX_INTERIM = 16  # 1xx answers before the final one
-_HIGH_WATER = 1 << 20  # pause reading from the upstream past this much unread body
-_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control bytes but HTAB
-_NO_BODY = frozenset((204, 304))
-
-# States of one exchange
-_HEAD, _BODY, _UNTIL_CLOSE, _DONE = range(4)
 
 
 class Sink(Protocol):
@@ -65,15 +44,7 @@ class Sink(Protocol):
         """The body pieces llhttp found in one read, in order (not kept)."""
 
 
-class _Reject(Exception):
-    """Raised in a parser callback: the response cannot be framed safely."""
-
-
-class _Stop(Exception):
-    """Raised in a parser callback: bytes after the complete response."""
-
-
-class Connection(asyncio.Protocol):
+class Connection(Framing, asyncio.Protocol):
     """One keep-alive connection; one exchange at a time. The `on_*` methods
     are llhttp's callbacks (a fresh parser per exchange)."""
 
@@ -85,7 +56,7 @@ class Connection(asyncio.Protocol):
         self.reused = False
         self._parser: httptools.HttpResponseParser | None = None
         self._parser_ready = False  # `_parser` saw its last response end
-        self._state = _DONE
+        self._state = S_DONE
         self._head_request = False
         self._keep_alive = True
         self._interim = 0  # 1xx answers so far
@@ -127,11 +98,11 @@ class Connection(asyncio.Protocol):
         self._parser_ready = False
         self.pool._forget(self)
         self._cancel_all_timers()
-        if self._state == _UNTIL_CLOSE and exc is None:  # a reset is a cut, not the end
-            self._state = _DONE
+        if self._state == S_UNTIL_CLOSE and exc is None:  # a reset is a cut, not the end
+            self._state = S_DONE
             self._wake()
             return
-        if self._state != _DONE or self._head is not None:
+        if self._state != S_DONE or self._head is not None:
             reason = f"{type(exc).__name__}: {exc}" if exc else "connection closed"
             self._fail(
                 UpstreamError(
@@ -150,7 +121,7 @@ class Connection(asyncio.Protocol):
         self._got_bytes = True
         if self._idle is not None:
             self._last_data = self.loop.time()
-        if self._state == _DONE or self._parser is None:
+        if self._state == S_DONE or self._parser is None:
             self._keep_alive = False  # bytes nobody asked for: never reuse
             return
         self._stalled += len(data)
@@ -158,13 +129,13 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if isinstance(cause, _Reject):
+            if isinstance(cause, Reject):
                 self._protocol_error(str(cause))
-            elif not isinstance(cause, _Stop):
+            elif not isinstance(cause, Stop):
                 raise  # a bug of ours: asyncio logs it and drops the connection
             return
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if self._state == _DONE:  # garbage after a head-only response
+            if self._state == S_DONE:  # garbage after a head-only response
                 self._keep_alive = False
             else:
                 self._protocol_error(str(exc) or type(exc).__name__)
@@ -176,124 +147,14 @@ class Connection(asyncio.Protocol):
             if pieces:
                 self._sink.deliver(pieces)  # type: ignore[union-attr]
                 pieces.clear()
-        if self._stalled > _HEAD_LIMIT and self._state != _DONE:
+        if self._stalled > HEAD_LIMIT and self._state != S_DONE:
             # llhttp buffers a header field until it is complete and skips
             # chunk extensions: this bounds what it holds.
-            self._protocol_error(f"over {_HEAD_LIMIT} bytes of head, trailer or chunk line")
-
-    # -- llhttp callbacks ---------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._state == _DONE:  # a second response nobody asked for
-            self._not_ours()
-        self._reason = b""
-        self._headers = []
-        self._size = 0
-        self._te = None
-        self._has_length = False
-
-    def on_status(self, reason: bytes) -> None:  # may come in pieces
-        if _CTL.search(reason):
-            raise _Reject("a control character in the reason phrase")
-        self._reason += reason
-        self._size += len(reason)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        size = self._size = self._size + len(name) + len(value) + 4
-        if self._state != _HEAD:  # a trailer field: checked by llhttp, then dropped
-            if size > _TRAILER_LIMIT:
-                raise _Reject(f"trailer section over {_TRAILER_LIMIT} bytes")
-            return
-        if size > _HEAD_LIMIT:
-            raise _Reject(f"response head over {_HEAD_LIMIT} bytes")
-        headers = self._headers
-        if len(headers) >= _MAX_HEADERS:
-            raise _Reject(f"more than {_MAX_HEADERS} header fields")
-        value = value.rstrip(b" \t")  # llhttp drops leading whitespace only
-        low = name.lower()
-        if low == b"transfer-encoding":
-            self._te = value if self._te is None else self._te + b"," + value
-        elif low == b"content-length":
-            self._has_length = True  # its value and uniqueness are llhttp's
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        self._stalled = 0
-        parser = self._parser
-        assert parser is not None
-        status = parser.get_status_code()
-        self._check_head(status, parser.get_http_version())
-        if status < 200:  # interim: the final answer follows
-            self._interim += 1
-            if self._interim > _MAX_INTERIM:
-                raise _Reject(f"more than {_MAX_INTERIM} interim (1xx) responses")
-            return
-        self._fb_deadline = None  # the head is in
-        # Evaluated now: llhttp forgets the framing once the message is done.
-        keep_alive = parser.should_keep_alive()
-        if self._head_request or status in _NO_BODY:
-            state = _DONE
-        elif self._te is not None or self._has_length:
-            state = _BODY
-        else:
-            state = _UNTIL_CLOSE
-            keep_alive = False
-        self._state = state
-        self._keep_alive = keep_alive
-        head, self._head = self._head, None
-        if head is not None and not head.done():
-            reason = self._reason.decode("latin-1")
-            head.set_result(Response(self, status, reason, self._headers))
-        self._size = 0  # trailers, if any, count from here
-        if state == _DONE:
-            self._finish()
-
-    def _check_head(self, status: int, version: str) -> None:
-        if not 100 <= status <= 599:
-            raise _Reject(f"status {status} is outside 100-599")
-        if status == 101:
-            raise _Reject("101 Switching Protocols, but the gateway asked for no upgrade")
-        if version != "1.1" and version != "1.0":
-            raise _Reject(f"HTTP/{version} is not HTTP/1.x")
-        te = self._te
-        if te is not None:
-            if version == "1.0":
-                raise _Reject("Transfer-Encoding in an HTTP/1.0 response")
-            if te.strip(b" \t").lower() != b"chunked":
-                raise _Reject(f"Transfer-Encoding {te[:40]!r}: only chunked alone can pass")
-        if status < 200 and (te is not None or self._has_length):
-            raise _Reject("an interim (1xx) response with Content-Length or Transfer-Encoding")
-
-    def on_body(self, data: bytes) -> None:
-        if self._state == _DONE:  # after a head-only response: not a body of ours
-            self._not_ours()
-        self._stalled = 0
-        if self._sink is not None:
-            self._pieces.append(data)  # handed on once the read is parsed
-        else:
-            self._push(data)
-
-    # No on_chunk_header: llhttp calls it for every chunk of a stream, and
-    # on_body already marks progress and refuses a body after a head-only
-    # answer (a bare last chunk there ends nothing of ours: `_parser_ready`).
-
-    def on_message_complete(self) -> None:
-        # In _HEAD an interim answer ended; in _DONE a head-only one.
-        state = self._state
-        # llhttp is ready for the next response on this connection only when
-        # it, too, saw this one end (a HEAD answer's Content-Length would
-        # leave it waiting for a body).
-        self._parser_ready = state == _BODY or (state == _DONE and not self._head_request)
-        if state == _BODY:
-            self._finish()
-
-    def _not_ours(self) -> None:
-        self._keep_alive = False  # bytes after the response: never reuse
-        raise _Stop
+            self._protocol_error(f"over {HEAD_LIMIT} bytes of head, trailer or chunk line")
 
     def _protocol_error(self, message: str) -> None:
         before = self._head is not None
-        self._state = _DONE
+        self._state = S_DONE
         self._keep_alive = False
         self._fail(UpstreamError("protocol", f"malformed HTTP response: {message}", before))
         self.abort()
@@ -303,13 +164,13 @@ class Connection(asyncio.Protocol):
     def _push(self, data: bytes) -> None:
         self._body.append(data)
         self._buffered += len(data)
-        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
         self._wake()
 
     def _finish(self) -> None:
-        self._state = _DONE
+        self._state = S_DONE
         self._cancel_timer()
         self._wake()
 
@@ -341,7 +202,7 @@ class Connection(asyncio.Protocol):
         if self._body:
             sink.deliver([self._take_buffered()])
         self._sink = sink
-        if self._paused and self._state != _DONE:
+        if self._paused and self._state != S_DONE:
             self.resume_reading()
 
     async def wait_sink(self) -> bool:
@@ -350,7 +211,7 @@ class Connection(asyncio.Protocol):
         while True:
             if self._error is not None:
                 raise self._error
-            if self._state == _DONE:
+            if self._state == S_DONE:
                 return True
             if self._paused:
                 return False
@@ -385,7 +246,7 @@ class Connection(asyncio.Protocol):
                 return data
             if self._error is not None:
                 raise self._error
-            if self._state == _DONE:
+            if self._state == S_DONE:
                 return b""
             self._waiter = self.loop.create_future()
             await self._waiter
@@ -420,14 +281,14 @@ class Connection(asyncio.Protocol):
         one per chunk: it re-arms itself from the time of the last data."""
         self._cancel_timer()
         self._idle = seconds
-        if seconds and self._state != _DONE:
+        if seconds and self._state != S_DONE:
             self._last_data = self.loop.time()
             self._timer = self.loop.call_at(self._last_data + seconds, self._idle_check)
 
     def _idle_check(self) -> None:
         self._timer = None
         idle = self._idle
-        if idle is None or self._state == _DONE:
+        if idle is None or self._state == S_DONE:
             return
         if self._paused:  # we stopped reading (a slow client), not the upstream
             self._last_data = self.loop.time()
@@ -449,7 +310,7 @@ class Connection(asyncio.Protocol):
     ) -> asyncio.Future:
         """Write the request; the returned future resolves to the Response head.
         `head_request`: it was a HEAD, so the answer has no body."""
-        self._state = _HEAD
+        self._state = S_HEAD
         self._head_request = head_request
         self._interim = 0
         self._stalled = 0
@@ -482,10 +343,27 @@ class Connection(asyncio.Protocol):
             self.transport.writelines((head, *body))  # type: ignore[union-attr]
         return fut
 
+    # -- for operators and tests: what the connection holds, read-only ---------
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes received and not yet read (without a sink)."""
+        return self._buffered
+
+    @property
+    def reading_paused(self) -> bool:
+        """Reading from the upstream is paused (its reader or client is behind)."""
+        return self._paused
+
+    @property
+    def answered(self) -> bool:
+        """Some bytes of an answer to the current request have arrived."""
+        return self._got_bytes
+
     @property
     def reusable(self) -> bool:
         return (
-            self._state == _DONE
+            self._state == S_DONE
             and self._keep_alive
             and self._error is None
             and not self.closed

@@ -152,7 +152,7 @@ async def read_big(conn: Connection, resp: Response) -> bytes:
     peak = 0
     async with asyncio.timeout(10):
         while True:
-            peak = max(peak, conn._buffered)
+            peak = max(peak, conn.buffered)
             data = await resp.read()
             if not data:
                 break
@@ -166,8 +166,8 @@ async def test_slow_reader_pauses_the_upstream(serve, make_pool):
     pool = make_pool(server.port)
     conn = await pool.acquire()
     resp = await conn.send(REQUEST % 2, b"{}", 2.0)
-    await until(lambda: conn._paused, timeout=5)
-    held = conn._buffered
+    await until(lambda: conn.reading_paused, timeout=5)
+    held = conn.buffered
     assert 1024 * 1024 < held <= 2 * 1024 * 1024
     # Nobody reads: nothing more may pile up. Rather than wait and see, check
     # the cause: the transport no longer reads, so the loop hands the
@@ -175,7 +175,7 @@ async def test_slow_reader_pauses_the_upstream(serve, make_pool):
     assert conn.transport is not None and not conn.transport.is_reading()
     for _ in range(50):  # loop turns (each polls the socket), not a wait
         await asyncio.sleep(0)
-    assert conn._buffered == held
+    assert conn.buffered == held
     out = await read_big(conn, resp)
     assert hashlib.sha256(out).digest() == hashlib.sha256(BIG).digest()
     assert conn.reusable
@@ -190,7 +190,7 @@ async def test_slow_reader_is_not_an_idle_upstream(serve, make_pool):
     conn = await pool.acquire()
     resp = await conn.send(REQUEST % 2, b"{}", 2.0)
     resp.set_idle_timeout(0.2)
-    await until(lambda: conn._paused, timeout=5)
+    await until(lambda: conn.reading_paused, timeout=5)
     await asyncio.sleep(0.6)  # the slow client: three idle periods without reading
     out = await read_big(conn, resp)
     assert hashlib.sha256(out).digest() == hashlib.sha256(BIG).digest()

@@ -87,7 +87,7 @@ async def test_response_split_at_every_byte(serve, make_pool, case):
             await peer.send(raw[:at])
             # The client must have taken the first piece on its own, or this
             # split point would not be tested.
-            await until(lambda: current[0]._got_bytes)
+            await until(lambda: current[0].answered)
             await peer.send(raw[at:])
 
     server = await serve(upstream)
@@ -228,7 +228,7 @@ async def test_reset_during_read_until_close_is_an_error_not_the_end(serve, make
     async def upstream(peer: Peer) -> None:
         await peer.request()
         await peer.send(b"HTTP/1.1 200 OK\r\n\r\npartial")
-        await until(lambda: current[0]._got_bytes)
+        await until(lambda: current[0].answered)
         peer.reset()
 
     current: list[Connection] = []
@@ -253,7 +253,7 @@ async def test_informational_responses_are_skipped(serve, make_pool):
         # client notices: the head future must not resolve on a 1xx.
         await peer.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         await peer.send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
-        await until(lambda: current[0]._got_bytes)
+        await until(lambda: current[0].answered)
         await peer.send(response(b"ok", b"X-Final: yes\r\n"))
         await peer.request()
 
