@@ -171,6 +171,26 @@ async def copy_body(
         outcome.bytes = nbytes
 
 
+async def write_whole(
+    ex: Exchange, runtime: ProviderRuntime, out: web.StreamResponse, body: bytes, t_sent: float
+) -> bool:
+    """A body that came whole with its head (small JSON answers): one write
+    with the head, and none of copy_body's reads. True when it went out."""
+    outcome = ex.outcome
+    if body:
+        outcome.ttfb = perf_counter() - t_sent
+        outcome.bytes = len(body)
+        if ex.sniff is not None:
+            ex.sniff(runtime, body)
+        if ex.usage is not None:
+            ex.usage.feed(body)
+    try:
+        await out.write_eof(body)  # the caller's write_eof() after it does nothing
+    except ConnectionError:
+        return False
+    return True
+
+
 async def pipe_body(
     ex: Exchange, runtime: ProviderRuntime, conn: Connection, out: web.StreamResponse, t_sent: float
 ) -> bool:

@@ -19,7 +19,7 @@ from aiohttp import web
 from ..errors import GatewayError
 from ..metrics import Metrics
 from ..snapshot import ProviderRuntime
-from .body import copy_body, pipe_body, read_usage
+from .body import copy_body, pipe_body, read_usage, write_whole
 from .replica_send import send_to_replicas
 from .rewrite import response_headers
 from .upstream import Connection, ErrorKind, Pool, Response, UpstreamError
@@ -305,7 +305,11 @@ async def relay(
         if "Content-Length" in headers:
             out = _CoalescedResponse(status=status, reason=upstream.reason, headers=headers)
             await out.prepare(request)
-            finished = await copy_body(ex, runtime, upstream, out, t_sent)
+            body = upstream.whole_body()
+            if body is not None:
+                finished = await write_whole(ex, runtime, out, body, t_sent)
+            else:
+                finished = await copy_body(ex, runtime, upstream, out, t_sent)
         else:
             out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
             await out.prepare(request)

@@ -231,6 +231,11 @@ class Connection(Framing, asyncio.Protocol):
             self._last_data = self.loop.time()  # the upstream's idle clock restarts
             self.transport.resume_reading()
 
+    def whole_body(self) -> bytes | None:
+        if self._state != S_DONE or self._error is not None or self._sink is not None:
+            return None
+        return self._take_buffered() if self._body else b""
+
     def _take_buffered(self) -> bytes:
         body = self._body
         data = body.popleft() if len(body) == 1 else b"".join(body)

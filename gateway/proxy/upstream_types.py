@@ -67,5 +67,10 @@ class Response:
         """The next body bytes as they came; b"" at the end. Raises UpstreamError."""
         return await self._conn.read_body()
 
+    def whole_body(self) -> bytes | None:
+        """All of the body when the answer has already ended cleanly (it came
+        with its head, as small JSON answers do), taken; else None."""
+        return self._conn.whole_body()
+
     def set_idle_timeout(self, seconds: float | None) -> None:
         self._conn.set_idle_timeout(seconds)
