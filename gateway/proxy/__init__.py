@@ -13,7 +13,7 @@ Read in this order:
   replaced in the raw body; `request_body`, `multipart`: bounded decoding).
 - `relay`: `dispatch()` tries the attempts in order (failover before the
   first byte), `send()` waits for the upstream head, `relay()` writes the
-  head to the client; `pipe` relays the body (a known length copied, a
+  head to the client; `body` relays the body (a known length copied, a
   stream moved in the upstream connection's parser callbacks).
 - `upstream`, `upstream_conn`, `upstream_framing`, `upstream_types`: the keep-alive HTTP/1.1
   client (a pool per provider or replica, llhttp framing, timeouts).
