@@ -73,10 +73,7 @@ class UsageTail:
     def result(self) -> dict[str, int]:
         """Token counts by kind (those the upstream reported); {} for unknown."""
         head = self.head[0] if len(self.head) == 1 else b"".join(self.head)
-        usage = _flat_usage(head) if not self.tail else _NOT_FLAT
-        if usage is not _NOT_FLAT:
-            pass  # the whole answer is in `head`, its usage written compactly
-        elif self.dropped:
+        if self.dropped:
             usage = _last_usage(b"".join(self.tail))
         else:  # the whole body is here: search it as one
             usage = _last_usage(head + b"".join(self.tail) if self.tail else head)
@@ -148,27 +145,6 @@ def _valid(n: object) -> bool:
     return type(n) is int and 0 <= n < _MAX_TOKENS
 
 
-_NOT_FLAT = object()
-_FLAT_KEY = b'"usage":{'
-
-
-def _flat_usage(buf: bytes) -> object:
-    """The newest usage object when it is written compactly and holds no
-    nested object (chat and completions without details, most answers):
-    a few C calls instead of the general search. _NOT_FLAT otherwise."""
-    pos = buf.rfind(_FLAT_KEY)
-    if pos < 0 or buf.find(_KEY, pos + len(_KEY)) >= 0:
-        return _NOT_FLAT  # none, or a newer "usage" (null, spaced) decides
-    start = pos + len(_FLAT_KEY) - 1
-    end = buf.find(b"}", start)
-    if end < 0 or buf.find(b"{", start + 1, end) >= 0:
-        return _NOT_FLAT  # cut off, or nested: the general search
-    try:
-        return orjson.loads(buf[start : end + 1])
-    except orjson.JSONDecodeError:
-        return _NOT_FLAT
-
-
 def _last_usage(buf: bytes) -> object:
     """The value of the newest `"usage":` key in `buf`, or None."""
     end = len(buf)
@@ -200,6 +176,18 @@ _NOT_A_KEY = object()
 _MAX_NESTING = 8  # `}` looked at before handing over to the general decoder
 
 
+def _after_colon(buf: bytes, at: int) -> int:
+    """Where the value starts after `"usage"` ending at `at`, spaces around the
+    colon skipped; -1 when no colon follows."""
+    rest = buf[at : at + _USAGE_SPAN]
+    stripped = rest.lstrip(_SPACE)
+    if not stripped.startswith(b":"):
+        return -1
+    at += len(rest) - len(stripped) + 1
+    rest = buf[at : at + _USAGE_SPAN]
+    return at + len(rest) - len(rest.lstrip(_SPACE))
+
+
 def _value_at(buf: bytes, pos: int) -> object:
     """Decode the value after the key at `pos`; None when it does not decode.
 
@@ -208,19 +196,18 @@ def _value_at(buf: bytes, pos: int) -> object:
     which costs a fraction of decoding text with `json` (this runs for every
     answer). Anything else, such as a brace inside a string, takes the
     general decoder, bounded by _USAGE_SPAN."""
-    start = pos + len(_KEY)
-    if not buf.startswith(b":", start):  # compact JSON has none of the spaces
-        rest = buf[start : start + _USAGE_SPAN]
-        stripped = rest.lstrip(_SPACE)
-        if not stripped.startswith(b":"):
+    start = pos + len(_KEY) + 1
+    if not buf.startswith(b":{", start - 1):  # compact JSON has none of the spaces
+        start = _after_colon(buf, start - 1)
+        if start < 0:
             return _NOT_A_KEY  # text that only looks like the key
-        start += len(rest) - len(stripped)
-    start += 1
-    if not buf.startswith(b"{", start):
-        rest = buf[start : start + _USAGE_SPAN]
-        start += len(rest) - len(rest.lstrip(_SPACE))
     if buf.startswith(b"{", start):
         end = buf.find(b"}", start)
+        if 0 <= end - start <= _USAGE_SPAN and buf.find(b"{", start + 1, end) < 0:
+            try:  # flat, as most are: no brace counting
+                return orjson.loads(buf[start : end + 1])
+            except orjson.JSONDecodeError:
+                pass
         for _ in range(_MAX_NESTING):
             if end < 0 or end - start > _USAGE_SPAN:
                 return None  # cut off, or not a usage object
