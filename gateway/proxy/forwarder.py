@@ -208,7 +208,9 @@ async def _forward(
         if runtime.config.api.stream_usage or ex.chunk_filter is not None:
             data = stream_usage_body(ex, name, runtime, payload, data)
         # The provider's prebuilt line, unless the client sent a query string.
-        line = runtime.request_lines[name] if not query else _request_line(runtime, endpoint, query)
+        line = (
+            runtime.request_lines[name] if not query else _line_with_query(runtime, endpoint, query)
+        )
         size = len(data) if type(data) is bytes else body_length(data)
         head = request_head(request.raw_headers, runtime, line, ex.rid, size)
         if ex.trace is not None:
@@ -222,11 +224,9 @@ async def _forward(
     return await dispatch(ex, attempts, len(targets), failover_label=model)
 
 
-def _request_line(runtime: ProviderRuntime, endpoint: Endpoint, query: str) -> bytes:
-    """The provider's prebuilt line, or one carrying the client's query string
-    verbatim (`/v1/messages?beta=true`), the provider's own `query` after it."""
-    if not query:
-        return runtime.request_lines[endpoint.name]
+def _line_with_query(runtime: ProviderRuntime, endpoint: Endpoint, query: str) -> bytes:
+    """A request line carrying the client's query string verbatim
+    (`/v1/messages?beta=true`), the provider's own `query` after it."""
     return runtime.request_line("POST", runtime.endpoint_path(endpoint), query)
 
 
