@@ -25,7 +25,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .metrics_usage import KIND_SLOT, STATUS_CLASSES, TPOT_BOUNDS, UsageCounts, usage_families
+from .metrics_usage import (
+    KIND_SLOT,
+    STATUS_CLASSES,
+    TPOT_BOUNDS,
+    UsageCounts,
+    provider_histograms,
+    usage_families,
+)
 from .proxy.replica_metrics import merge_rows, replica_families
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -290,10 +297,7 @@ class _Collector(Collector):
             ("gateway_request_duration_seconds", "Request duration, end to end", m.duration),
             ("gateway_time_to_first_byte_seconds", "Time to the first body byte", m.ttfb),
         ):
-            h = HistogramMetricFamily(name, doc, labels=["provider"])
-            for provider, hist in sorted(hists.items()):
-                h.add_metric([provider], hist.buckets(), hist.sum)
-            yield h
+            yield provider_histograms(name, doc, hists)
 
         h = HistogramMetricFamily(
             "gateway_overhead_seconds",

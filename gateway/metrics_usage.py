@@ -78,6 +78,14 @@ class UsageCounts:
         return out
 
 
+def provider_histograms(name: str, doc: str, hists: dict) -> HistogramMetricFamily:
+    """One histogram family with a series per provider."""
+    h = HistogramMetricFamily(name, doc, labels=["provider"])
+    for provider, hist in sorted(hists.items()):
+        h.add_metric([provider], hist.buckets(), hist.sum)
+    return h
+
+
 def usage_families(m: Metrics) -> Iterator:
     """Stream timing, requests by endpoint, and answers whose usage was read."""
     for name, doc, hists in (
@@ -93,10 +101,7 @@ def usage_families(m: Metrics) -> Iterator:
             m.tpot,
         ),
     ):
-        h = HistogramMetricFamily(name, doc, labels=["provider"])
-        for provider, hist in sorted(hists.items()):
-            h.add_metric([provider], hist.buckets(), hist.sum)
-        yield h
+        yield provider_histograms(name, doc, hists)
 
     c = CounterMetricFamily(
         "gateway_endpoint_requests",
