@@ -90,16 +90,7 @@ class Pipe:
         and write it as one chunk: a read often holds several upstream
         chunks (one write each was half the syscalls). Chunk boundaries
         carry no meaning; the bytes are the same."""
-        n = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
-        if not self.nbytes:
-            self.first = perf_counter()
-        self.nbytes += n
-        if self.sniff is not None:
-            self._sniff(pieces)
-        tail = self.tail
-        if tail is not None:  # the usage side copy keeps references, no bytes copied
-            for data in pieces:
-                tail.feed(data)
+        n = self.look(pieces)
         t = self.transport
         if t.is_closing():
             self.gone = True
@@ -112,6 +103,20 @@ class Pipe:
             t.writelines((size_line, *pieces, b"\r\n"))
         if t.get_write_buffer_size() > self.high_water:  # the client is behind:
             self.conn.stop_reading()  # the transport told aiohttp to pause writing
+
+    def look(self, pieces: list[bytes]) -> int:
+        """Count `pieces` and give the side copies their look; their size."""
+        n = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+        if not self.nbytes:
+            self.first = perf_counter()
+        self.nbytes += n
+        if self.sniff is not None:
+            self._sniff(pieces)
+        tail = self.tail
+        if tail is not None:  # the usage side copy keeps references, no bytes copied
+            for data in pieces:
+                tail.feed(data)
+        return n
 
     def _sniff(self, pieces: list[bytes]) -> None:
         for data in pieces:
@@ -192,12 +197,21 @@ async def write_whole(
 
 
 async def pipe_body(
-    ex: Exchange, runtime: ProviderRuntime, conn: Connection, out: web.StreamResponse, t_sent: float
+    ex: Exchange,
+    runtime: ProviderRuntime,
+    conn: Connection,
+    out: web.StreamResponse,
+    t_sent: float,
+    head_held: bool = False,
 ) -> bool:
     """A streamed body, relayed in the upstream connection's callbacks
     (`Pipe` above); this coroutine only waits for its end and for a slow
     client to drain. True when it ended; False when the client left or the
-    upstream broke."""
+    upstream broke.
+
+    `head_held`: `out` kept its head back (`_CoalescedResponse`) because body
+    bytes came with the upstream's head; they go out together in one write,
+    so a client wakes once for the head and the first event, not twice."""
     request = ex.request
     transport = request.transport
     if transport is None or transport.is_closing():
@@ -211,6 +225,13 @@ async def pipe_body(
         None if sniff is None else partial(sniff, runtime),
     )
     try:
+        if head_held:
+            first = conn.take_buffered()
+            pipe.look([first])
+            try:
+                await out.write(first)  # aiohttp frames it and sends its head along
+            except ConnectionError:
+                return False
         conn.start_sink(pipe)
         while True:
             try:

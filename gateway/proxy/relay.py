@@ -75,7 +75,8 @@ class Outcome:
 class _CoalescedResponse(web.StreamResponse):
     """For an answer of known length: the head goes out with the first body
     bytes in one write (aiohttp's own opt-in, as `web.Response` does), saving
-    a syscall per request. Streams keep sending their head at once."""
+    a syscall per request. A stream's head waits only for body bytes that
+    came with the upstream's head (pipe_body); otherwise it goes at once."""
 
     _send_headers_immediately = False
 
@@ -311,10 +312,14 @@ async def relay(
             else:
                 finished = await copy_body(ex, runtime, upstream, out, t_sent)
         else:
-            out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+            piped = ex.chunk_filter is None or not ok
+            # Body bytes that came with the head go out with it (pipe_body).
+            held = piped and conn.buffered > 0
+            kind = _CoalescedResponse if held else web.StreamResponse
+            out = kind(status=status, reason=upstream.reason, headers=headers)
             await out.prepare(request)
-            if ex.chunk_filter is None or not ok:
-                finished = await pipe_body(ex, runtime, conn, out, t_sent)
+            if piped:
+                finished = await pipe_body(ex, runtime, conn, out, t_sent, held)
             else:  # opted-in stream usage (sse_filter.py): edited in a coroutine copy
                 finished = await copy_body(ex, runtime, upstream, out, t_sent, ex.chunk_filter)
         if finished:

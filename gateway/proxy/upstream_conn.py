@@ -236,6 +236,10 @@ class Connection(Framing, asyncio.Protocol):
             return None
         return self._take_buffered() if self._body else b""
 
+    def take_buffered(self) -> bytes:
+        """The body bytes received and not yet read, taken (b"" if none)."""
+        return self._take_buffered() if self._body else b""
+
     def _take_buffered(self) -> bytes:
         body = self._body
         data = body.popleft() if len(body) == 1 else b"".join(body)

@@ -162,3 +162,85 @@ async def test_bytes_before_a_framing_error_in_the_same_read_arrive_then_the_cut
         data += body[end + 2 : end + 2 + size]
         pos = end + 4 + size
     assert bytes(data) == b"".join(EVENTS)
+
+
+async def _held_upstream(first: bytes, release: asyncio.Event) -> tuple[asyncio.Server, int]:
+    """An upstream that writes `first` (a head, maybe with body bytes), then
+    the rest of the stream only once `release` is set."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(first)
+        await writer.drain()
+        await release.wait()
+        writer.write(FRAMED[len(first) - len(HEAD) :] + b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _gateway_on(gateway_factory, port: int):
+    return await gateway_factory(
+        f"""
+        providers:
+          - name: up
+            base_url: http://127.0.0.1:{port}/v1
+        """
+    )
+
+
+async def test_body_bytes_that_came_with_the_head_go_out_in_its_write(gateway_factory, monkeypatch):
+    """The first event arrived with the upstream's head: the client's head and
+    that event leave in one write (one wake-up of the client, not two)."""
+    from aiohttp.http_writer import StreamWriter
+
+    writes: list[bytes] = []
+    real_write, real_writelines = StreamWriter._write, StreamWriter._writelines
+    monkeypatch.setattr(
+        StreamWriter, "_write", lambda self, c: (writes.append(bytes(c)), real_write(self, c))[1]
+    )
+    monkeypatch.setattr(
+        StreamWriter,
+        "_writelines",
+        lambda self, cs: (writes.append(b"".join(cs)), real_writelines(self, cs))[1],
+    )
+    release = asyncio.Event()
+    first_event = b"%x\r\n%s\r\n" % (len(EVENTS[0]), EVENTS[0])
+    server, port = await _held_upstream(HEAD + first_event, release)
+    try:
+        gw = await _gateway_on(gateway_factory, port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(_request(gw.port))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        release.set()
+        body = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        server.close()
+    assert _dechunk(body) == b"".join(EVENTS)
+    [with_head] = [w for w in writes if b"text/event-stream" in w]
+    assert with_head.endswith(first_event), "the head went out without the first event"
+
+
+async def test_a_head_without_body_bytes_goes_out_at_once(gateway_factory):
+    """No body bytes came with the upstream's head (a model still thinking):
+    the client gets the head now, not with the first event."""
+    release = asyncio.Event()
+    server, port = await _held_upstream(HEAD, release)
+    try:
+        gw = await _gateway_on(gateway_factory, port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(_request(gw.port))
+        # The upstream sends nothing more until the client has the head.
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        release.set()
+        body = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        server.close()
+    assert _dechunk(body) == b"".join(EVENTS)
