@@ -142,3 +142,16 @@ def test_response_headers_drop_hop_by_hop_and_cookies():
         ("X-Request-Id", "r1"),
     ]
     assert dict(response_headers(up)) == {"Content-Type": "text/event-stream", "X-Request-Id": "r1"}
+
+
+def test_request_ids_are_random_version_4_uuids():
+    """llama-cpp-python refuses any X-Request-Id that is not a UUID."""
+    import uuid
+
+    from gateway.proxy.forwarder import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        u = uuid.UUID(rid)
+        assert str(u) == rid and u.version == 4 and u.variant == uuid.RFC_4122
