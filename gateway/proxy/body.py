@@ -90,7 +90,16 @@ class Pipe:
         and write it as one chunk: a read often holds several upstream
         chunks (one write each was half the syscalls). Chunk boundaries
         carry no meaning; the bytes are the same."""
-        n = self.look(pieces)
+        n = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+        if not self.nbytes:
+            self.first = perf_counter()
+        self.nbytes += n
+        if self.sniff is not None:
+            self._sniff(pieces)
+        tail = self.tail
+        if tail is not None:  # the usage side copy keeps references, no bytes copied
+            for data in pieces:
+                tail.feed(data)
         t = self.transport
         if t.is_closing():
             self.gone = True
@@ -105,7 +114,9 @@ class Pipe:
             self.conn.stop_reading()  # the transport told aiohttp to pause writing
 
     def look(self, pieces: list[bytes]) -> int:
-        """Count `pieces` and give the side copies their look; their size."""
+        """Count `pieces` and give the side copies their look; their size.
+        `deliver` does the same inline: a call per read was ~2% of the
+        relay's instructions per chunk (callgrind)."""
         n = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
         if not self.nbytes:
             self.first = perf_counter()
