@@ -44,7 +44,8 @@ class UsageTail:
     def __init__(self) -> None:
         self.head: list[bytes] = []
         self.head_size = 0
-        self.tail: deque[bytes] = deque()
+        # Made when the head is full: most JSON answers never need one.
+        self.tail: deque[bytes] | None = None
         self.tail_size = 0
         self.dropped = False  # a tail chunk was let go: head and tail are not contiguous
 
@@ -54,7 +55,10 @@ class UsageTail:
             self.head.append(chunk)
             self.head_size += len(chunk)
             return
-        self.tail.append(chunk)
+        tail = self.tail
+        if tail is None:
+            tail = self.tail = deque()
+        tail.append(chunk)
         n = len(chunk)
         self.tail_size += n
         # Trimmed only once twice the bytes needed pile up: most chunks cost
@@ -65,6 +69,7 @@ class UsageTail:
     def _trim(self, newest: int) -> None:
         """Drop the oldest chunks while TAIL_BYTES remain before the newest one."""
         tail, size = self.tail, self.tail_size
+        assert tail is not None  # feed() made it
         while size - len(tail[0]) - newest >= TAIL_BYTES:
             size -= len(tail.popleft())
             self.dropped = True
@@ -73,11 +78,14 @@ class UsageTail:
     def result(self) -> dict[str, int]:
         """Token counts by kind (those the upstream reported); {} for unknown."""
         head = self.head[0] if len(self.head) == 1 else b"".join(self.head)
-        if self.dropped:
-            usage = _last_usage(b"".join(self.tail))
+        tail = self.tail
+        if tail is None:  # the whole body is the head (a JSON answer, mostly)
+            usage = _last_usage(head)
+        elif self.dropped:
+            usage = _last_usage(b"".join(tail))
         else:  # the whole body is here: search it as one
-            usage = _last_usage(head + b"".join(self.tail) if self.tail else head)
-        if not isinstance(usage, dict):
+            usage = _last_usage(head + b"".join(tail))
+        if type(usage) is not dict:
             return {}
         if "input_tokens" not in usage and "output_tokens" in usage:
             # Anthropic's message_delta: the prompt's tokens are in message_start.
