@@ -80,13 +80,31 @@ def process_tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by `pids` (those still alive)."""
-    total = 0
+    """CPU time used so far by `pids` (those still alive), every thread.
+
+    From each thread's /proc/PID/task/TID/schedstat (nanoseconds on a CPU),
+    not /proc/PID/stat's utime + stime: those count 10 ms ticks, which on a
+    round of ~0.4 s of CPU was a +-2.5% step in every per-chunk figure.
+    Falls back to /proc/PID/stat where schedstat is missing."""
+    total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / _HZ
+            total += _schedstat_seconds(pid)
+    return total
+
+
+_SCHEDSTAT = Path("/proc/self/schedstat").exists()
+
+
+def _schedstat_seconds(pid: int) -> float:
+    if not _SCHEDSTAT:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _HZ
+    ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():  # OSError once the process is gone
+        with contextlib.suppress(OSError):  # a thread that just ended
+            ns += int((task / "schedstat").read_text().split()[0])
+    return ns / 1e9
 
 
 def machine_cpu(cpu: int | None = None) -> dict[str, float]:

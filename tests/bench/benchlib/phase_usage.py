@@ -1,13 +1,14 @@
 """Bench phase: what usage accounting and tracing cost, against both off, same run.
 
-Three gateways on the proxy core, one upstream (the bench's upstream.py,
+Four gateways on the proxy core, one upstream (the bench's upstream.py,
 whose chat answer reports usage) on the load core:
 - `off`: `usage: {enabled: false}`, no tracing (the baseline);
+- `control`: the same as `off` again, so the run shows its own noise floor;
 - `usage`: usage accounting on (the default);
 - `tracing`: usage on and OpenTelemetry tracing on, every span sampled and
   exported over OTLP/HTTP (batched) to a loopback sink that answers 200.
 Non-stream chat at c=64 in interleaved rounds (the order rotates each
-round), so drift on a shared machine hits all three alike. Figures:
+round), so drift on a shared machine hits all four alike. Figures:
 requests/s (median of rounds), the gateway's CPU per request (user +
 system from /proc over the round, its exporter thread included, divided by
 the requests counted), and per round the ratio to `off`. Target: each costs
@@ -53,6 +54,9 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 """
 CONFIGS = {
     "off": "usage: {{enabled: false}}\n",
+    # The same config as `off` in a process of its own: the ratio of two
+    # identical gateways is the noise floor the other ratios are read against.
+    "control": "usage: {{enabled: false}}\n",
     "usage": "",
     "tracing": "tracing: {{enabled: true, endpoint: 'http://127.0.0.1:{sink}', "
     "service_name: bench}}\n",
@@ -84,8 +88,12 @@ def phase_usage(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict:
         wait_ready(g)
     script = write_wrk_script(tmp / "post-usage.lua")
     # The warm-up opens upstream connections and sends the exporter's first batch.
-    out, runs = interleaved(gateways, max(3, s.workers_rounds), s.wrk_seconds, wrk, procs, script)
-    for key in ("usage", "tracing"):
+    # Short runs, three times as many rounds as the other comparisons: the
+    # four runs of a round fall within a few seconds of each other, so the
+    # machine's drift (up to 1.7x within minutes here) cancels in the ratios.
+    rounds, seconds = max(3, 3 * s.workers_rounds), min(s.wrk_seconds, 2)
+    out, runs = interleaved(gateways, rounds, seconds, wrk, procs, script)
+    for key in ("control", "usage", "tracing"):
         # Per round, the ratio to `off`: drift between rounds cancels out.
         out[f"{key}_ratio"] = round_ratio(runs, "off", key)
     for child in (*gateways.values(), sink, upstream):
@@ -101,6 +109,15 @@ def rows(r: dict) -> list[Row]:
         Row("requests/s, usage on", None, None, usage["rps_median"], fmt="{:.0f}"),
         Row("requests/s, usage + tracing on", None, None, tracing["rps_median"], fmt="{:.0f}"),
     ]
+    out.append(
+        Row(
+            "control: both off again / both off, requests/s (the noise floor)",
+            None,
+            None,
+            f"{r['control_ratio']:.3f}x",
+            ratios=False,
+        )
+    )
     for key, label in (("usage", "usage on"), ("tracing", "usage + tracing on")):
         ratio = r[f"{key}_ratio"]
         out.append(
