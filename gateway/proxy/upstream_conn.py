@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from .upstream import Pool
 
 
+# Idle checks per idle period: a silence is noticed at most a quarter late.
+_IDLE_CHECKS = 4
+
+
 class Sink(Protocol):
     """Takes the body bytes of each read (`gateway.proxy.body.Pipe`)."""
 
@@ -78,7 +82,11 @@ class Connection(Framing, asyncio.Protocol):
         self._error: UpstreamError | None = None
         self._got_bytes = False
         self._idle: float | None = None
-        self._last_data = 0.0
+        # The idle limit is checked a few times per period (_idle_check), not
+        # timed per chunk: a read only sets `_fresh`; a clock read per chunk
+        # was ~1.5% of the relay's instructions (callgrind).
+        self._fresh = False  # data arrived since the last check
+        self._last_data = 0.0  # when a check last saw fresh data (or reading resumed)
         self._timer: asyncio.TimerHandle | None = None  # the idle timer
         # First-byte timeout: a deadline, and one timer that re-arms itself
         # only when it fires early. On a busy keep-alive connection that is
@@ -118,9 +126,7 @@ class Connection(Framing, asyncio.Protocol):
         return False  # close our side too; connection_lost follows
 
     def data_received(self, data: bytes) -> None:
-        self._got_bytes = True
-        if self._idle is not None:
-            self._last_data = self.loop.time()
+        self._got_bytes = self._fresh = True
         if self._state == S_DONE or self._parser is None:
             self._keep_alive = False  # bytes nobody asked for: never reuse
             return
@@ -286,27 +292,32 @@ class Connection(Framing, asyncio.Protocol):
         self.abort()
 
     def set_idle_timeout(self, seconds: float | None) -> None:
-        """Limit the gap between body chunks. One timer per idle period, not
-        one per chunk: it re-arms itself from the time of the last data."""
+        """Limit the gap between body chunks: a silence of `seconds` breaks
+        the body within 1.25 x `seconds`. A timer checks every quarter
+        period whether data came meanwhile; nothing is timed per chunk."""
         self._cancel_timer()
         self._idle = seconds
         if seconds and self._state != S_DONE:
-            self._last_data = self.loop.time()
-            self._timer = self.loop.call_at(self._last_data + seconds, self._idle_check)
+            self._fresh = False
+            self._last_data = now = self.loop.time()
+            self._timer = self.loop.call_at(now + seconds / _IDLE_CHECKS, self._idle_check)
 
     def _idle_check(self) -> None:
         self._timer = None
         idle = self._idle
         if idle is None or self._state == S_DONE:
             return
-        if self._paused:  # we stopped reading (a slow client), not the upstream
-            self._last_data = self.loop.time()
-        due = self._last_data + idle
-        if self.loop.time() < due:
-            self._timer = self.loop.call_at(due, self._idle_check)
+        now = self.loop.time()
+        if self._fresh or self._paused:  # data came; or we stopped reading (a slow client)
+            self._fresh = False
+            self._last_data = now
+        elif now - self._last_data >= idle:
+            self._fail(
+                UpstreamError("idle_timeout", f"no data for {idle:g}s", before_response=False)
+            )
+            self.abort()
             return
-        self._fail(UpstreamError("idle_timeout", f"no data for {idle:g}s", before_response=False))
-        self.abort()
+        self._timer = self.loop.call_at(now + idle / _IDLE_CHECKS, self._idle_check)
 
     # -- exchange ---------------------------------------------------------------
 
