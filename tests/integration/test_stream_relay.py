@@ -182,14 +182,29 @@ async def _held_upstream(first: bytes, release: asyncio.Event) -> tuple[asyncio.
     return server, server.sockets[0].getsockname()[1]
 
 
-async def _gateway_on(gateway_factory, port: int):
-    return await gateway_factory(
-        f"""
-        providers:
-          - name: up
-            base_url: http://127.0.0.1:{port}/v1
-        """
-    )
+async def _held_exchange(gateway_factory, first: bytes) -> tuple[bytes, bytes]:
+    """One stream through the gateway from `_held_upstream(first)`: the head
+    the client read before the upstream sent more, and the body after."""
+    release = asyncio.Event()
+    server, port = await _held_upstream(first, release)
+    try:
+        gw = await gateway_factory(
+            f"""
+            providers:
+              - name: up
+                base_url: http://127.0.0.1:{port}/v1
+            """
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(_request(gw.port))
+        # The upstream sends nothing more until the client has the head.
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        release.set()
+        body = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        server.close()
+    return head, body
 
 
 async def test_body_bytes_that_came_with_the_head_go_out_in_its_write(gateway_factory, monkeypatch):
@@ -207,20 +222,9 @@ async def test_body_bytes_that_came_with_the_head_go_out_in_its_write(gateway_fa
         "_writelines",
         lambda self, cs: (writes.append(b"".join(cs)), real_writelines(self, cs))[1],
     )
-    release = asyncio.Event()
     first_event = b"%x\r\n%s\r\n" % (len(EVENTS[0]), EVENTS[0])
-    server, port = await _held_upstream(HEAD + first_event, release)
-    try:
-        gw = await _gateway_on(gateway_factory, port)
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        writer.write(_request(gw.port))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 200")
-        release.set()
-        body = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-    finally:
-        server.close()
+    head, body = await _held_exchange(gateway_factory, HEAD + first_event)
+    assert head.startswith(b"HTTP/1.1 200")
     assert _dechunk(body) == b"".join(EVENTS)
     [with_head] = [w for w in writes if b"text/event-stream" in w]
     assert with_head.endswith(first_event), "the head went out without the first event"
@@ -228,19 +232,8 @@ async def test_body_bytes_that_came_with_the_head_go_out_in_its_write(gateway_fa
 
 async def test_a_head_without_body_bytes_goes_out_at_once(gateway_factory):
     """No body bytes came with the upstream's head (a model still thinking):
-    the client gets the head now, not with the first event."""
-    release = asyncio.Event()
-    server, port = await _held_upstream(HEAD, release)
-    try:
-        gw = await _gateway_on(gateway_factory, port)
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        writer.write(_request(gw.port))
-        # The upstream sends nothing more until the client has the head.
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        assert head.startswith(b"HTTP/1.1 200")
-        release.set()
-        body = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-    finally:
-        server.close()
+    the client gets the head now, not with the first event (else the
+    exchange would wait for ever: the upstream holds the rest until then)."""
+    head, body = await _held_exchange(gateway_factory, HEAD)
+    assert head.startswith(b"HTTP/1.1 200")
     assert _dechunk(body) == b"".join(EVENTS)
