@@ -82,9 +82,8 @@ class Connection(Framing, asyncio.Protocol):
         self._error: UpstreamError | None = None
         self._got_bytes = False
         self._idle: float | None = None
-        # The idle limit is checked a few times per period (_idle_check), not
-        # timed per chunk: a read only sets `_fresh`; a clock read per chunk
-        # was ~1.5% of the relay's instructions (callgrind).
+        # A read only sets `_fresh`; _idle_check looks at it four times per
+        # idle period (a clock read per chunk was ~1k instructions, callgrind).
         self._fresh = False  # data arrived since the last check
         self._last_data = 0.0  # when a check last saw fresh data (or reading resumed)
         self._timer: asyncio.TimerHandle | None = None  # the idle timer
