@@ -115,16 +115,21 @@ async def _raw_upstream(answer: bytes) -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
+async def _gateway_to(gateway_factory, port: int):
+    """A gateway whose one provider is the upstream on `port`."""
+    return await gateway_factory(
+        f"""
+        providers:
+          - name: up
+            base_url: http://127.0.0.1:{port}/v1
+        """
+    )
+
+
 async def _stream_through(gateway_factory, answer: bytes) -> bytes:
     server, port = await _raw_upstream(answer)
     try:
-        gw = await gateway_factory(
-            f"""
-            providers:
-              - name: up
-                base_url: http://127.0.0.1:{port}/v1
-            """
-        )
+        gw = await _gateway_to(gateway_factory, port)
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(_request(gw.port))
         raw = await asyncio.wait_for(reader.read(), 10)
@@ -188,13 +193,7 @@ async def _held_exchange(gateway_factory, first: bytes) -> tuple[bytes, bytes]:
     release = asyncio.Event()
     server, port = await _held_upstream(first, release)
     try:
-        gw = await gateway_factory(
-            f"""
-            providers:
-              - name: up
-                base_url: http://127.0.0.1:{port}/v1
-            """
-        )
+        gw = await _gateway_to(gateway_factory, port)
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(_request(gw.port))
         # The upstream sends nothing more until the client has the head.
