@@ -214,20 +214,10 @@ class Encoder:
         else:
             out.append(_FLAGS_LOCAL)
         out += (_TIMES.pack(0x39, start, 0x41, end), head)
-        if input_tokens is not None:
-            n = (
-                _SMALL[input_tokens]
-                if 0 <= input_tokens < _SMALL_MAX
-                else varint(input_tokens & _MASK64)
-            )
-            out += (_INPUT[len(n)], n)
-        if output_tokens is not None:
-            n = (
-                _SMALL[output_tokens]
-                if 0 <= output_tokens < _SMALL_MAX
-                else varint(output_tokens & _MASK64)
-            )
-            out += (_OUTPUT[len(n)], n)
+        for prefixes, count in ((_INPUT, input_tokens), (_OUTPUT, output_tokens)):
+            if count is not None:
+                n = _SMALL[count] if 0 <= count < _SMALL_MAX else varint(count & _MASK64)
+                out += (prefixes[len(n)], n)
         out.append(tail)
         return b"".join(out)
 
