@@ -1,14 +1,15 @@
 """Bench phase: what usage accounting and tracing cost, against both off, same run.
 
-Four gateways on the proxy core, one upstream (the bench's upstream.py,
+Five gateways on the proxy core, one upstream (the bench's upstream.py,
 whose chat answer reports usage) on the load core:
 - `off`: `usage: {enabled: false}`, no tracing (the baseline);
 - `control`: the same as `off` again, so the run shows its own noise floor;
 - `usage`: usage accounting on (the default);
 - `tracing`: usage on and OpenTelemetry tracing on, every span sampled and
-  exported over OTLP/HTTP (batched) to a loopback sink that answers 200.
+  exported over OTLP/HTTP (batched) to a loopback sink that answers 200;
+- `tracing_alone`: the same tracing with usage accounting off.
 Non-stream chat at c=64 in interleaved rounds (the order rotates each
-round), so drift on a shared machine hits all four alike. Figures:
+round), so drift on a shared machine hits all five alike. Figures:
 requests/s (median of rounds), the gateway's CPU per request (user +
 system from /proc over the round, its exporter thread included, divided by
 the requests counted), and per round the ratio to `off`. Target: each costs
@@ -60,6 +61,10 @@ CONFIGS = {
     "usage": "",
     "tracing": "tracing: {{enabled: true, endpoint: 'http://127.0.0.1:{sink}', "
     "service_name: bench}}\n",
+    # Tracing without usage accounting: the issue's "each against both off"
+    # read literally (its spans carry no token counts).
+    "tracing_alone": "usage: {{enabled: false}}\n"
+    "tracing: {{enabled: true, endpoint: 'http://127.0.0.1:{sink}', service_name: bench}}\n",
 }
 
 
@@ -93,7 +98,7 @@ def phase_usage(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict:
     # machine's drift (up to 1.7x within minutes here) cancels in the ratios.
     rounds, seconds = max(3, 3 * s.workers_rounds), min(s.wrk_seconds, 2)
     out, runs = interleaved(gateways, rounds, seconds, wrk, procs, script)
-    for key in ("control", "usage", "tracing"):
+    for key in ("control", "usage", "tracing", "tracing_alone"):
         # Per round, the ratio to `off`: drift between rounds cancels out.
         out[f"{key}_ratio"] = round_ratio(runs, "off", key)
     for child in (*gateways.values(), sink, upstream):
@@ -101,14 +106,19 @@ def phase_usage(procs: Procs, tmp: Path, s: Settings, wrk: str | None) -> dict:
     return out
 
 
+_RUNS = (
+    ("off", "usage and tracing off"),
+    ("usage", "usage on"),
+    ("tracing", "usage + tracing on"),
+    ("tracing_alone", "tracing on, usage off"),
+)
+
+
 def rows(r: dict) -> list[Row]:
-    off, usage, tracing = r["off"], r["usage"], r["tracing"]
-    out = [
-        Row("usage phase: c=64 chat JSON, interleaved rounds", None, None, str(r["rounds"])),
-        Row("requests/s, usage and tracing off", None, None, off["rps_median"], fmt="{:.0f}"),
-        Row("requests/s, usage on", None, None, usage["rps_median"], fmt="{:.0f}"),
-        Row("requests/s, usage + tracing on", None, None, tracing["rps_median"], fmt="{:.0f}"),
-    ]
+    keys = [k for k, _ in _RUNS]
+    out = [Row("usage phase: c=64 chat JSON, interleaved rounds", None, None, str(r["rounds"]))]
+    for key, label in _RUNS:
+        out.append(Row(f"requests/s, {label}", None, None, r[key]["rps_median"], fmt="{:.0f}"))
     out.append(
         Row(
             "control: both off again / both off, requests/s (the noise floor)",
@@ -118,7 +128,7 @@ def rows(r: dict) -> list[Row]:
             ratios=False,
         )
     )
-    for key, label in (("usage", "usage on"), ("tracing", "usage + tracing on")):
+    for key, label in _RUNS[1:]:
         ratio = r[f"{key}_ratio"]
         out.append(
             Row(
@@ -133,17 +143,17 @@ def rows(r: dict) -> list[Row]:
         )
     out += [
         Row(
-            "gateway CPU per request (us), off / usage / tracing",
+            "gateway CPU per request (us), " + " / ".join(keys),
             None,
             None,
-            " / ".join(f"{x['cpu_us_per_request_median']:.0f}" for x in (off, usage, tracing)),
+            " / ".join(f"{r[k]['cpu_us_per_request_median']:.0f}" for k in keys),
             ratios=False,
         ),
         Row(
-            "errors, off / usage / tracing",
+            "errors, " + " / ".join(keys),
             None,
             None,
-            " / ".join(str(x["errors"]) for x in (off, usage, tracing)),
+            " / ".join(str(r[k]["errors"]) for k in keys),
             ratios=False,
         ),
     ]
