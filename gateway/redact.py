@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import orjson
 
 MASK = "***"
+_MASK_BYTES = MASK.encode()
 # Header names whose values the admin API masks and that are redacted here
 # too: a configured `X-Api-Key: ...` is as secret as api_key.
 SECRETISH_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.I)
@@ -28,7 +29,7 @@ _MIN_HEADER_SECRET = 4
 class Redactor:
     """Replaces every known secret in a text with `***`. Never shows what it hides."""
 
-    __slots__ = ("_needles",)
+    __slots__ = ("_byte_needles", "_needles", "longest")
 
     def __init__(self, secrets: Iterable[str] = ()):
         needles: set[str] = set()
@@ -40,6 +41,13 @@ class Redactor:
             needles.add(orjson.dumps(secret).decode()[1:-1])
         # Longest first, so that a secret containing another is hidden whole.
         self._needles = tuple(sorted(needles, key=len, reverse=True))
+        self._byte_needles = tuple(
+            sorted({n.encode("utf-8", "surrogateescape") for n in needles}, key=len, reverse=True)
+        )
+        self.longest = len(self._byte_needles[0]) if self._byte_needles else 0
+
+    def __bool__(self) -> bool:
+        return bool(self._needles)
 
     def __call__(self, text: str) -> str:
         for needle in self._needles:
@@ -47,8 +55,37 @@ class Redactor:
                 text = text.replace(needle, MASK)
         return text
 
+    def redact_bytes(self, data: bytes) -> bytes:
+        """`data` with every secret, as UTF-8, replaced by `***`."""
+        for needle in self._byte_needles:
+            if needle in data:
+                data = data.replace(needle, _MASK_BYTES)
+        return data
+
     def __repr__(self) -> str:
         return f"Redactor({len(self._needles)} needles)"
+
+
+class StreamRedaction:
+    """A body's bytes redacted as they pass, for copy_body's `edit`: the last
+    `longest - 1` bytes wait for the next chunk, so a secret split across
+    chunks is still found whole; `edit(b"")` at the end gives them."""
+
+    __slots__ = ("_held", "_keep", "_redactor")
+
+    def __init__(self, redactor: Redactor):
+        self._redactor = redactor
+        self._keep = max(redactor.longest - 1, 0)
+        self._held = b""
+
+    def __call__(self, chunk: bytes) -> bytes:
+        data = self._redactor.redact_bytes(self._held + chunk)
+        if not chunk or len(data) <= self._keep:  # the end, or too little to let go of yet
+            self._held = b"" if not chunk else data
+            return data if not chunk else b""
+        cut = len(data) - self._keep
+        self._held = data[cut:]
+        return data[:cut]
 
 
 def provider_redactor(

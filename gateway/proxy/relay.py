@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..errors import GatewayError
 from ..metrics import Metrics
+from ..redact import StreamRedaction
 from ..snapshot import ProviderRuntime
 from .body import copy_body, pipe_body, read_usage, write_whole
 from .replica_send import send_to_replicas
@@ -26,6 +27,8 @@ from .upstream import Connection, ErrorKind, Pool, Response, UpstreamError
 from .usage import UsageTail
 
 if TYPE_CHECKING:
+    from multidict import CIMultiDict
+
     from ..tracing import RequestSpan
 
 log = logging.getLogger("gateway.forwarder")
@@ -303,7 +306,9 @@ async def relay(
         headers["X-Gateway-Overhead-Ms"] = f"{overhead * 1000:.3f}"
         outcome.overhead = overhead
         outcome.status = status
-        if "Content-Length" in headers:
+        if not ok and runtime.redact and request.method != "HEAD":
+            out, finished = await _relay_error(ex, runtime, upstream, headers, t_sent)
+        elif "Content-Length" in headers:
             out = _CoalescedResponse(status=status, reason=upstream.reason, headers=headers)
             await out.prepare(request)
             body = upstream.whole_body()
@@ -332,3 +337,26 @@ async def relay(
         # anything else (client gone, broken stream) drops it at once, so the
         # model stops generating for a client that is gone.
         conn.pool.release(conn, reuse=finished)  # the replica's pool, if it has replicas
+
+
+async def _relay_error(
+    ex: Exchange, runtime: ProviderRuntime, upstream: Response, headers: CIMultiDict, t_sent: float
+) -> tuple[web.StreamResponse, bool]:
+    """A non-2xx answer of a provider with secrets, its body through the
+    provider's redactor: upstreams echo what they were sent (a 401 page that
+    quotes the Authorization header), and the client must never see the key.
+    Only error answers: scanning every chunk of every stream would cost the
+    relay, and a 2xx answer that quotes the key is an upstream's bug."""
+    redactor, status = runtime.redact, upstream.status
+    body = upstream.whole_body() if "Content-Length" in headers else None
+    if body is not None:  # came whole with its head, as error answers mostly do
+        body = redactor.redact_bytes(body)
+        headers["Content-Length"] = str(len(body))
+        out = _CoalescedResponse(status=status, reason=upstream.reason, headers=headers)
+        await out.prepare(ex.request)
+        return out, await write_whole(ex, runtime, out, body, t_sent)
+    headers.popall("Content-Length", None)  # the redacted length is known only at the end
+    out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
+    await out.prepare(ex.request)
+    edit = StreamRedaction(redactor)
+    return out, await copy_body(ex, runtime, upstream, out, t_sent, edit)

@@ -13,6 +13,8 @@ import logging
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_config
 from gateway.redact import provider_redactor
@@ -248,3 +250,23 @@ def test_redactor_hides_every_form_a_secret_is_sent_in():
         assert secret not in out
     assert "title=demo" in out and "***" in out
     assert provider_redactor(None, None)("nothing to hide") == "nothing to hide"
+
+
+@given(
+    before=st.binary(max_size=40),
+    between=st.binary(max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+)
+def test_stream_redaction_finds_a_secret_however_the_body_is_cut(before, between, cuts):
+    """A relayed error body in any number of chunks gives the same bytes as
+    redacting it whole (a secret split between chunks included)."""
+    from gateway.redact import StreamRedaction, provider_redactor
+
+    redactor = provider_redactor("sk-split-9f8e7d6c", None)
+    body = before + b"sk-split-9f8e7d6c" + between + b'"sk-split-9f8e7d6c"'
+    points = sorted({min(c, len(body)) for c in cuts})
+    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    edit = StreamRedaction(redactor)
+    out = b"".join(edit(p) for p in pieces if p) + edit(b"")
+    assert out == redactor.redact_bytes(body)
+    assert b"sk-split-9f8e7d6c" not in out
