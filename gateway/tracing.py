@@ -166,9 +166,11 @@ class RequestSpan:
         self.model: str | None = None  # the model the provider is asked for
         self.runtime: ProviderRuntime | None = None
 
-    def upstream_head(self, head: bytes, runtime: ProviderRuntime, model: str) -> bytes:
-        """`head` with this span as the trace parent, and the target noted."""
-        self.runtime, self.model = runtime, model[:256]  # a client's string: bounded
+    def upstream_head(self, head: bytes, runtime: ProviderRuntime, model: str | None) -> bytes:
+        """`head` with this span as the trace parent, and the target noted
+        (`model` None: a request that names none, passthrough or by id)."""
+        self.runtime = runtime
+        self.model = None if model is None else model[:256]  # a client's string: bounded
         if not self.client_headers:
             return head[:-2] + self.trace_headers + b"\r\n"  # before the empty line
         lines = head[:-4].split(b"\r\n")  # the head ends with an empty line

@@ -131,6 +131,8 @@ async def _attempt(
     request = ex.request
     body = await read_body(request, snapshot.config.limits.max_body_bytes)
     head = request_head(request.raw_headers, runtime, line, ex.rid, _length(request, body))
+    if ex.trace is not None:  # the upstream continues the gateway's span, not the client's
+        head = ex.trace.upstream_head(head, runtime, None)
     return Attempt(runtime, model, head, body, head_request=request.method == "HEAD")
 
 
@@ -158,6 +160,8 @@ async def by_response_id(
                 path = runtime.endpoint_path(responses) + tail
                 line = runtime.request_line(request.method, path, query)
                 head = request_head(request.raw_headers, runtime, line, ex.rid, length)
+                if ex.trace is not None:
+                    head = ex.trace.upstream_head(head, runtime, None)
                 yield Attempt(runtime, "other", head, body)
 
         if len(candidates) > 1:

@@ -36,6 +36,7 @@ def providers(upstream) -> str:
           - name: up
             base_url: {upstream.base_url}
             models: [{MODEL}]
+            passthrough: [/v1/*]
           - name: down
             base_url: http://127.0.0.1:9/v1
             models: [m]
@@ -274,6 +275,30 @@ async def test_spans_reach_an_otlp_collector(gateway_factory, upstream, collecto
     assert "error.type" not in attrs and span.status.code == span.status.STATUS_CODE_UNSET
     sent = upstream.requests[-1].headers
     assert sent.getall("traceparent") == [f"00-{TRACE_ID}-{span.span_id.hex()}-01"]
+
+
+async def test_a_passthrough_request_continues_the_trace_upstream(traced, upstream):
+    """`/providers/NAME/...` is traced like the rest: the upstream's parent is
+    the gateway's span, not the client's."""
+    gw, exporter = traced
+    url = f"{gw.url}/providers/up/v1/chat/completions"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            url, json={"model": MODEL, "messages": []}, headers={"traceparent": TRACEPARENT}
+        ) as r,
+    ):
+        assert r.status == 200
+    [span] = await exported(gw, exporter)
+    ctx = span.get_span_context()
+    assert f"{ctx.trace_id:032x}" == TRACE_ID
+    assert f"{span.parent.span_id:016x}" == CLIENT_SPAN
+    sent = upstream.requests[-1].headers.getall("traceparent")
+    assert sent == [f"00-{TRACE_ID}-{ctx.span_id:016x}-01"]
+    assert span.name == "passthrough"
+    assert span.attributes["gateway.endpoint"] == "passthrough"
+    assert span.attributes["gateway.provider"] == "up"
+    assert "gen_ai.request.model" not in span.attributes
 
 
 async def test_tracing_off_sends_the_clients_traceparent_unchanged(gateway, upstream):
