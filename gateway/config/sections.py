@@ -41,6 +41,14 @@ LIMITS = NumberSection(
 MODELS = NumberSection("models", ModelsSettings, minimum=-1e-9)
 
 
+# Client names the gateway gives requests itself: a key named so would merge
+# its figures with theirs (forwarder.ANONYMOUS, status.PLAYGROUND_CLIENT).
+RESERVED_CLIENTS = {
+    "anonymous": "requests without a client key",
+    "playground": "the admin UI's playground",
+}
+
+
 def listen(parser: Parser, data: Mapping, path: Path) -> tuple[str, int]:
     """`listen` as (host, port). Unlike the sections, `listen:` left empty
     is a mistake, not the default."""
@@ -94,6 +102,10 @@ def _auth(parser: Parser, raw: Any, path: Path) -> AuthConfig | None:
             name_field, key_field = f"{where}.name", f"{where}.key"
             if not isinstance(name, str) or not NAME_RE.match(name):
                 message = "required: a slug of lowercase letters, digits, '-' and '_' (max 63)"
+                parser.problem(path, message, field=name_field)
+                name = None
+            elif name in RESERVED_CLIENTS:
+                message = f"'{name}' is the gateway's own client name ({RESERVED_CLIENTS[name]}): choose another"
                 parser.problem(path, message, field=name_field)
                 name = None
         if name is not None and name in names:

@@ -39,6 +39,9 @@ def test_named_and_plain_entries(tmp_path):
         ("[{name: a, key: k1}, {name: a, key: k2}]", "auth.api_keys[1].name", "duplicate"),
         # A plain entry's positional name taken by a named one.
         ("[{name: key-2, key: k1}, k2]", "auth.api_keys[1]", "duplicate client name 'key-2'"),
+        # The names the gateway gives requests itself.
+        ("[{name: playground, key: k1}]", "auth.api_keys[0].name", "'playground' is the gateway's"),
+        ("[{name: anonymous, key: k1}]", "auth.api_keys[0].name", "'anonymous' is the gateway's"),
     ],
 )
 def test_entry_problems_name_the_field(tmp_path, entries, field, message):
