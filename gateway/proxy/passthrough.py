@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -33,6 +35,9 @@ from .relay import Attempt, Exchange, dispatch
 from .request_body import read_body
 from .rewrite import request_head
 
+if TYPE_CHECKING:
+    from .replicas import Replica
+
 # Encoded separators and dot segments would let a path match one pattern
 # here and mean another upstream (`/v1/x/..%2fload_lora_adapter`).
 _UNSAFE_PATH = re.compile(r"%(2[eEfF]|5[cC])|\\|//|(^|/)\.\.?(/|$)")
@@ -41,6 +46,9 @@ _ID_IN_BODY = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9_-]{1,200})"')
 _NO_BODY_METHODS = frozenset(("GET", "HEAD", "DELETE", "OPTIONS"))
 # An unknown id is asked of at most this many providers.
 MAX_ID_FANOUT = 16
+# Upstream requests one by-id call may make, replicas counted: a bound on
+# what an unknown id can cost (a provider may list 256 replicas).
+MAX_ID_ASKS = 64
 _SNIFF_BYTES = 4096
 
 
@@ -162,19 +170,29 @@ async def by_response_id(
                 head = request_head(request.raw_headers, runtime, line, ex.rid, length)
                 if ex.trace is not None:
                     head = ex.trace.upstream_head(head, runtime, None)
-                yield Attempt(runtime, "other", head, body)
+                # A stored response lives on the replica that made it: ask each.
+                for replica in _replicas(runtime):
+                    yield Attempt(runtime, "other", head, body, replica=replica)
 
-        if len(candidates) > 1:
+        count = min(sum(len(_replicas(runtime)) for runtime in candidates), MAX_ID_ASKS)
+        if count > 1:
             # Found by asking around: remember the one that knew it.
             def found(runtime: ProviderRuntime, chunk: bytes) -> bool:
                 owners.remember(response_id, runtime.name)
                 return True
 
             ex.sniff = found
-        # A 404 means "not mine": ask the next provider.
-        return await dispatch(ex, attempts(), len(candidates), lambda s: s == 404)
+        # A 404 means "not mine": ask the next replica or provider.
+        return await dispatch(ex, islice(attempts(), count), count, lambda s: s == 404)
 
     return await handle(request, snapshot, metrics, run)
+
+
+def _replicas(runtime: ProviderRuntime) -> Sequence[Replica | None]:
+    """The replicas to ask in turn; (None,): the provider's one address (or
+    a replica set that knows of one replica at most: it picks)."""
+    rs = runtime.replicas
+    return rs.replicas if rs is not None and len(rs.replicas) > 1 else (None,)
 
 
 def _length(request: web.Request, body: bytes) -> int | None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from multidict import CIMultiDict
 
     from ..tracing import RequestSpan
+    from .replicas import Replica
 
 log = logging.getLogger("gateway.forwarder")
 
@@ -96,7 +97,7 @@ def body_length(data: Body) -> int:
 class Attempt:
     """One target to try: the provider, the metrics label of its model, and what to send."""
 
-    __slots__ = ("data", "head", "head_request", "model", "runtime")
+    __slots__ = ("data", "head", "head_request", "model", "replica", "runtime")
 
     def __init__(
         self,
@@ -105,11 +106,15 @@ class Attempt:
         head: bytes,
         data: Body,
         head_request: bool = False,
+        replica: Replica | None = None,
     ):
         self.runtime = runtime
         self.model = model
         self.head = head
         self.data = data
+        # Only this replica of the provider's (a stored response lives on one):
+        # by_response_id asks each in turn. None: the replica set picks.
+        self.replica = replica
         self.head_request = head_request
 
 

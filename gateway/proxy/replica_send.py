@@ -44,6 +44,8 @@ async def send_to_replicas(
                 await rs.resolved.wait()
         except TimeoutError:
             pass
+    if attempt.replica is not None:  # pinned: no other replica has what it asks for
+        return await _last_try(attempt.replica, runtime, rs, attempt, send, failure)
     key = None
     if rs.affinity is not None:
         key = affinity_key(rs.affinity, rs.header_pattern, attempt.head, attempt.data)

@@ -410,3 +410,33 @@ async def test_a_name_that_never_resolved_is_a_503_naming_the_provider(
     assert (status, error["code"]) == (503, "no_healthy_replica")
     assert "'pool'" in error["message"] and "models.test" in error["message"]
     assert dns.lookups >= 1
+
+
+async def test_a_stored_response_is_found_on_the_replica_that_made_it(gateway_factory, replicas):
+    """`GET /v1/responses/{id}` asks each replica in turn until one has it: a
+    stored response lives on one replica, and the others answer 404."""
+    ups = await replicas()
+    owner = ups[1]
+
+    async def stored(request):
+        if request.path.endswith("/responses/resp_kept1"):
+            return web.json_response({"id": "resp_kept1", "object": "response"})
+        return web.json_response({"error": {"message": "not found"}}, status=404)
+
+    async def unknown(request):
+        return web.json_response({"error": {"message": "not found"}}, status=404)
+
+    for u in ups:
+        u.handler = stored if u is owner else unknown
+    gw = await gateway_factory(replica_gateway_config([u.base_url for u in ups]))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(6):  # picking alone would send some of these elsewhere
+            async with s.get(f"{gw.base_url}/responses/resp_kept1") as r:
+                assert r.status == 200
+                assert (await r.json())["id"] == "resp_kept1"
+        async with s.get(f"{gw.base_url}/responses/resp_nowhere") as r:
+            assert r.status == 404  # every replica asked, none has it
+    assert len(owner.requests) == 7
+    assert sum(len(u.requests) for u in ups) <= 6 * 3 + 3
+    # The replicas that answered 404 are not counted as failing.
+    assert set(states(gw).values()) == {"up"}
