@@ -15,6 +15,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ..errors import GatewayError
 from ..metrics import Metrics
@@ -27,8 +28,6 @@ from .upstream import Connection, ErrorKind, Pool, Response, UpstreamError
 from .usage import UsageTail
 
 if TYPE_CHECKING:
-    from multidict import CIMultiDict
-
     from ..tracing import RequestSpan
     from .replicas import Replica
 
@@ -348,11 +347,14 @@ async def _relay_error(
     ex: Exchange, runtime: ProviderRuntime, upstream: Response, headers: CIMultiDict, t_sent: float
 ) -> tuple[web.StreamResponse, bool]:
     """A non-2xx answer of a provider with secrets, its body through the
-    provider's redactor: upstreams echo what they were sent (a 401 page that
-    quotes the Authorization header), and the client must never see the key.
+    provider's redactor, and its headers too: upstreams echo what they were
+    sent (a 401 page that quotes the Authorization header), and the client
+    must never see the key.
     Only error answers: scanning every chunk of every stream would cost the
     relay, and a 2xx answer that quotes the key is an upstream's bug."""
     redactor, status = runtime.redact, upstream.status
+    if any(redactor(v) is not v for v in headers.values()):  # a WWW-Authenticate, say
+        headers = CIMultiDict((k, redactor(v)) for k, v in headers.items())
     body = upstream.whole_body() if "Content-Length" in headers else None
     if body is not None:  # came whole with its head, as error answers mostly do
         body = redactor.redact_bytes(body)

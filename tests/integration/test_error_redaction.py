@@ -87,12 +87,18 @@ ECHO = b'{"error":{"message":"Incorrect API key provided: Bearer %s","code":"inv
 
 
 async def test_a_whole_error_body_that_echoes_the_key_is_redacted(gateway_factory):
-    raw = await _exchange(gateway_factory, [_answer("401 Unauthorized", ECHO % KEY.encode())])
+    answer = _answer("401 Unauthorized", ECHO % KEY.encode()).replace(
+        b"\r\n\r\n",
+        b'\r\nWWW-Authenticate: Bearer error="invalid_token" token="%s"\r\n\r\n' % KEY.encode(),
+        1,
+    )
+    raw = await _exchange(gateway_factory, [answer])
     head, body = _body(raw)
     assert head.startswith(b"HTTP/1.1 401")
     assert KEY.encode() not in raw
     assert body == ECHO % b"***"
     assert f"content-length: {len(body)}".encode() in head.lower()
+    assert b'www-authenticate: bearer error="invalid_token" token="***"' in head.lower()
 
 
 async def test_an_error_body_in_pieces_with_the_key_split_between_them(gateway_factory):
