@@ -355,15 +355,40 @@ async def _relay_error(
     redactor, status = runtime.redact, upstream.status
     if any(redactor(v) is not v for v in headers.values()):  # a WWW-Authenticate, say
         headers = CIMultiDict((k, redactor(v)) for k, v in headers.items())
-    body = upstream.whole_body() if "Content-Length" in headers else None
+    length = headers.get("Content-Length")  # llhttp checked it: digits
+    body = None if length is None else upstream.whole_body()
+    if body is None and length is not None and int(length) <= _ERROR_BODY_MAX:
+        body = await _read_all(ex, runtime, upstream)  # keeps its framing, not re-chunked
     if body is not None:  # came whole with its head, as error answers mostly do
         body = redactor.redact_bytes(body)
         headers["Content-Length"] = str(len(body))
         out = _CoalescedResponse(status=status, reason=upstream.reason, headers=headers)
         await out.prepare(ex.request)
         return out, await write_whole(ex, runtime, out, body, t_sent)
-    headers.popall("Content-Length", None)  # the redacted length is known only at the end
+    # Long or of unknown length: redacted as it passes, so the length is
+    # known only at the end.
+    headers.popall("Content-Length", None)
     out = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
     await out.prepare(ex.request)
     edit = StreamRedaction(redactor)
     return out, await copy_body(ex, runtime, upstream, out, t_sent, edit)
+
+
+# An error answer of known length up to this is read whole before it goes
+# out, so that it keeps a Content-Length (its redacted one).
+_ERROR_BODY_MAX = 1 << 20
+
+
+async def _read_all(ex: Exchange, runtime: ProviderRuntime, upstream: Response) -> bytes:
+    parts = []
+    try:
+        while chunk := await upstream.read():
+            parts.append(chunk)
+    except UpstreamError as exc:  # nothing went to the client yet: say so plainly
+        ex.outcome.error_kind = exc.kind
+        raise GatewayError(
+            502,
+            f"Provider '{runtime.name}' broke off its error answer ({exc.kind})",
+            "upstream_error",
+        ) from None
+    return b"".join(parts)

@@ -13,29 +13,34 @@ KEY = "sk-prov-Zq81Lm0Xv7Rt"
 CHAT = orjson.dumps({"model": "up/m1", "messages": [{"role": "user", "content": "hi"}]})
 
 
-async def _upstream(writes: list[bytes]) -> tuple[asyncio.Server, int, asyncio.Event]:
-    """Answers one request with `writes`, the first at once and each later one
-    after the client has taken what came before (`next_write` is set)."""
+async def _upstream(
+    writes: list[bytes], gated: bool | None = True
+) -> tuple[asyncio.Server, int, asyncio.Event]:
+    """Answers one request with `writes`, the first at once and, `gated`, each
+    later one after the client has taken what came before (`next_write`)."""
     next_write = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         for i, data in enumerate(writes):
-            if i:
+            if i and gated:
                 await next_write.wait()
                 next_write.clear()
             writer.write(data)
             await writer.drain()
-        await reader.read()
+        if gated is not None:  # None: hang up as soon as it is written
+            await reader.read()
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1], next_write
 
 
-async def _exchange(gateway_factory, writes: list[bytes], api_key: str | None = KEY) -> bytes:
+async def _exchange(
+    gateway_factory, writes: list[bytes], api_key: str | None = KEY, gated: bool | None = True
+) -> bytes:
     """The raw answer the client gets for one chat request."""
-    server, port, next_write = await _upstream(writes)
+    server, port, next_write = await _upstream(writes, gated)
     key_line = f"api_key: {api_key}" if api_key else ""
     try:
         gw = await gateway_factory(
@@ -101,19 +106,40 @@ async def test_a_whole_error_body_that_echoes_the_key_is_redacted(gateway_factor
     assert b'www-authenticate: bearer error="invalid_token" token="***"' in head.lower()
 
 
-async def test_an_error_body_in_pieces_with_the_key_split_between_them(gateway_factory):
-    """Content-Length, the body in three writes, the key cut in the middle."""
+async def test_an_error_body_in_pieces_keeps_its_framing(gateway_factory):
+    """Content-Length, the body in three writes, the key cut in the middle:
+    read whole, redacted, sent with its new Content-Length (not re-chunked)."""
     body = ECHO % KEY.encode()
     cut = body.index(KEY.encode()) + 5
     head = (
         f"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
-    raw = await _exchange(gateway_factory, [head + body[:10], body[10:cut], body[cut:]])
+    writes = [head + body[:10], body[10:cut], body[cut:]]
+    raw = await _exchange(gateway_factory, writes, gated=False)
     out_head, out_body = _body(raw)
     assert out_head.startswith(b"HTTP/1.1 403")
     assert KEY.encode() not in raw
     assert out_body == ECHO % b"***"
+    assert f"content-length: {len(out_body)}".encode() in out_head.lower()
+
+
+async def test_a_long_error_body_is_redacted_as_it_passes(gateway_factory):
+    """Over 1 MiB of error body: relayed as it comes (chunked), the key split
+    between two writes that the client takes one by one."""
+    filler = b"x" * (1 << 20)
+    body = b'{"error":"' + filler + b" key " + KEY.encode() + b' refused"}'
+    cut = body.index(KEY.encode()) + 7
+    head = (
+        f"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    raw = await _exchange(gateway_factory, [head + body[:cut], body[cut:]])
+    out_head, out_body = _body(raw)
+    assert out_head.startswith(b"HTTP/1.1 401")
+    assert b"transfer-encoding: chunked" in out_head.lower()
+    assert KEY.encode() not in raw
+    assert out_body == b'{"error":"' + filler + b' key *** refused"}'
 
 
 async def test_a_chunked_error_stream_that_echoes_the_key_in_a_json_string(gateway_factory):
@@ -139,3 +165,17 @@ async def test_an_error_without_the_key_arrives_byte_for_byte(gateway_factory, a
     assert head.startswith(b"HTTP/1.1 503")
     assert body == answer
     assert f"content-length: {len(answer)}".encode() in head.lower()
+
+
+async def test_an_error_body_cut_short_is_a_gateway_error(gateway_factory):
+    """The upstream hangs up inside an error body the gateway reads whole:
+    nothing has reached the client, so it gets a clear 502, not half a body."""
+    head = b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    raw = await _exchange(
+        gateway_factory, [head + b'{"error":"bad key ' + KEY[:6].encode()], gated=None
+    )
+    out_head, body = _body(raw)
+    assert out_head.startswith(b"HTTP/1.1 502")
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "upstream_error" and "broke off its error answer" in error["message"]
+    assert KEY[:6].encode() not in raw
