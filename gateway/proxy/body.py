@@ -94,16 +94,7 @@ class Pipe:
         and write it as one chunk: a read often holds several upstream
         chunks (one write each was half the syscalls). Chunk boundaries
         carry no meaning; the bytes are the same."""
-        n = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
-        if not self.nbytes:
-            self.first = perf_counter()
-        self.nbytes += n
-        if self.sniff is not None:
-            self._sniff(pieces)
-        tail = self.tail
-        if tail is not None:  # the usage side copy keeps references, no bytes copied
-            for data in pieces:
-                tail.feed(data)
+        n = self.look(pieces)
         client = self.client
         if client.transport is None:  # connection_lost has run: the client is gone
             self._client_gone()
@@ -131,9 +122,7 @@ class Pipe:
         self.conn.stop_reading()  # the relay coroutine drops the upstream
 
     def look(self, pieces: list[bytes]) -> int:
-        """Count `pieces` and give the side copies their look; their size.
-        `deliver` does the same inline: a call per read was ~2% of the
-        relay's instructions per chunk (callgrind)."""
+        """Count `pieces` and give the side copies their look; their size."""
         n = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
         if not self.nbytes:
             self.first = perf_counter()
