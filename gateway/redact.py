@@ -80,10 +80,7 @@ class StreamRedaction:
 
     def __call__(self, chunk: bytes) -> bytes:
         data = self._redactor.redact_bytes(self._held + chunk)
-        if not chunk or len(data) <= self._keep:  # the end, or too little to let go of yet
-            self._held = b"" if not chunk else data
-            return data if not chunk else b""
-        cut = len(data) - self._keep
+        cut = max(len(data) - self._keep, 0) if chunk else len(data)  # b"": the end
         self._held = data[cut:]
         return data[:cut]
 
