@@ -70,6 +70,8 @@ class Framing:
     connection; `Connection` supplies the delivery (`_push`, `_finish`) and
     the error path (`_protocol_error`)."""
 
+    __slots__ = ()  # the connection's (Connection.__slots__)
+
     _state: int
     _parser: httptools.HttpResponseParser | None
     _parser_ready: bool
@@ -86,6 +88,7 @@ class Framing:
     _fb_deadline: float | None
     _sink: object
     _pieces: list[bytes]
+    _bodyless: bool
     _body: deque[bytes]
 
     def _push(self, data: bytes) -> None:
@@ -147,6 +150,7 @@ class Framing:
         keep_alive = parser.should_keep_alive()
         if self._head_request or status in _NO_BODY:
             state = S_DONE
+            self._bodyless = True
         elif self._te is not None or self._has_length:
             state = S_BODY
         else:
@@ -178,18 +182,9 @@ class Framing:
         if status < 200 and (te is not None or self._has_length):
             raise Reject("an interim (1xx) response with Content-Length or Transfer-Encoding")
 
-    def on_body(self, data: bytes) -> None:
-        if self._state == S_DONE:  # after a head-only response: not a body of ours
-            self._not_ours()
-        self._stalled = 0
-        if self._sink is not None:
-            self._pieces.append(data)  # handed on once the read is parsed
-        else:
-            self._push(data)
-
-    # No on_chunk_header: llhttp calls it for every chunk of a stream, and
-    # on_body already marks progress and refuses a body after a head-only
-    # answer (a bare last chunk there ends nothing of ours: `_parser_ready`).
+    # No on_body method: it is the pieces list's append (Connection.__init__),
+    # and data_received hands the pieces on. No on_chunk_header either:
+    # llhttp calls it for every chunk of a stream.
 
     def on_message_complete(self) -> None:
         # In S_HEAD an interim answer ended; in S_DONE a head-only one.

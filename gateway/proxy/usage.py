@@ -25,6 +25,7 @@ HEAD_BYTES = 4096  # `message_start` comes first and is small
 # Kept before the newest chunk: a usage event and what follows it are a few
 # hundred bytes, and this is held for every stream in flight.
 TAIL_BYTES = 4096
+_TRIM_AT = 2 * TAIL_BYTES  # a name: the product would be computed per chunk
 _USAGE_SPAN = 4096  # a usage object is a few hundred bytes; decode no more than this
 _MAX_CANDIDATES = 8  # `"usage"` occurrences looked at, newest first
 _MAX_TOKENS = 1 << 53  # above this a count is nonsense (and loses precision as a float)
@@ -63,7 +64,7 @@ class UsageTail:
         self.tail_size += n
         # Trimmed only once twice the bytes needed pile up: most chunks cost
         # an append and two additions.
-        if self.tail_size - n >= 2 * TAIL_BYTES:
+        if self.tail_size - n >= _TRIM_AT:
             self._trim(n)
 
     def _trim(self, newest: int) -> None:
