@@ -264,7 +264,23 @@ def _finish(rs: RequestSpan, outcome: Outcome, tail: UsageTail | None) -> None:
 def _response_model(tail: UsageTail) -> str | None:
     """The `model` the answer names first (a chunk, or the JSON answer's field)."""
     for chunk in tail.head[:4]:
-        found = _RESPONSE_MODEL.search(chunk)
-        if found is not None:
-            return found.group(1).decode("utf-8", "replace")
+        model = _model_in(chunk)
+        if model is not None:
+            return model
     return None
+
+
+def _model_in(data: bytes) -> str | None:
+    """The first `"model": "..."` value in `data`. Compact JSON, as servers
+    send it, is read with two finds: the regular expression alone was a
+    tenth of a traced request's own cost (callgrind)."""
+    i = data.find(b'"model"')
+    if i < 0:
+        return None
+    if data.startswith(b':"', i + 7):
+        start = i + 9
+        end = data.find(b'"', start, start + 257)
+        if end > start and data.find(b"\\", start, end) < 0:
+            return data[start:end].decode("utf-8", "replace")
+    found = _RESPONSE_MODEL.search(data, i)
+    return None if found is None else found.group(1).decode("utf-8", "replace")
