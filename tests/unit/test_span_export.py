@@ -155,3 +155,30 @@ def test_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "nope")
     s = Settings()
     assert (s.delay, s.batch_size, s.queue_size) == (0.25, 64, 2048)
+
+
+def test_the_exporters_session_reads_the_environment_once(monkeypatch):
+    from gateway.span_export import _session
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    session = _session()
+    url = "https://collector.example:4318/v1/traces"
+    first = session.merge_environment_settings(url, {}, None, True, None)
+    assert first["proxies"]["https"] == "http://proxy.example:3128"  # as requests reads it
+    monkeypatch.setenv("HTTPS_PROXY", "http://other.example:3128")
+    again = session.merge_environment_settings(url, {}, None, True, None)
+    assert again == first  # kept, not read again
+    again["proxies"]["https"] = "changed"  # a copy: requests may edit what it gets
+    assert session.merge_environment_settings(url, {}, None, True, None) == first
+    # Proxies given with the request are merged as requests always did.
+    given = session.merge_environment_settings(url, {"https": "http://given:1"}, None, True, None)
+    assert given["proxies"]["https"] == "http://given:1"
+
+
+def test_a_credential_provider_keeps_the_sdks_session(monkeypatch):
+    from gateway.span_export import _session
+
+    monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER", "mine")
+    assert _session() is None
