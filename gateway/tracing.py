@@ -211,54 +211,50 @@ def finish(rs: RequestSpan, outcome: Outcome, tail: UsageTail | None) -> None:
     if not rs.sampled:
         return
     try:
-        _finish(rs, outcome, tail)
+        end = time_ns()
+        runtime = rs.runtime
+        if runtime is not None:
+            name = runtime.name
+            system = "openai" if runtime.config.provider_type == "openai" else name
+            url = runtime.base_url
+            address, port = url.host or "", url.port
+        else:
+            name = system = address = port = None
+        usage = outcome.usage
+        input_tokens = output_tokens = response_model = None
+        if usage:
+            input_tokens, output_tokens = usage.get("prompt"), usage.get("completion")
+            if tail is not None:
+                response_model = _response_model(tail)
+        status = outcome.status
+        error = outcome.error_kind or (str(status) if status >= 400 else None)
+        # The record's layout: gateway/otlp_encode.py.
+        key = (
+            outcome.endpoint or "unknown",
+            name,
+            system,
+            address,
+            port,
+            rs.model,
+            response_model,
+            status,
+            error,
+        )
+        rs.export.offer(
+            (
+                rs.trace_id,
+                rs.span_id,
+                rs.parent_id,
+                rs.start,
+                end,
+                key,
+                input_tokens,
+                output_tokens,
+                rs.trace_state,
+            )
+        )
     except Exception:
         log.exception("tracing: ending a span failed")
-
-
-def _finish(rs: RequestSpan, outcome: Outcome, tail: UsageTail | None) -> None:
-    end = time_ns()
-    runtime = rs.runtime
-    if runtime is not None:
-        name = runtime.name
-        system = "openai" if runtime.config.provider_type == "openai" else name
-        url = runtime.base_url
-        address, port = url.host or "", url.port
-    else:
-        name = system = address = port = None
-    usage = outcome.usage
-    input_tokens = output_tokens = response_model = None
-    if usage:
-        input_tokens, output_tokens = usage.get("prompt"), usage.get("completion")
-        if tail is not None:
-            response_model = _response_model(tail)
-    status = outcome.status
-    error = outcome.error_kind or (str(status) if status >= 400 else None)
-    # The record's layout: gateway/otlp_encode.py.
-    key = (
-        outcome.endpoint or "unknown",
-        name,
-        system,
-        address,
-        port,
-        rs.model,
-        response_model,
-        status,
-        error,
-    )
-    rs.export.offer(
-        (
-            rs.trace_id,
-            rs.span_id,
-            rs.parent_id,
-            rs.start,
-            end,
-            key,
-            input_tokens,
-            output_tokens,
-            rs.trace_state,
-        )
-    )
 
 
 def _response_model(tail: UsageTail) -> str | None:
