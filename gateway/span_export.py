@@ -257,7 +257,7 @@ def _session() -> Any:
     twice for proxies and reads the CA-bundle variables. That was a fifth of
     the CPU of one export of 512 spans (cProfile: 0.9 ms per POST), in the
     thread that shares the GIL with the event loop. The exporter always posts
-    to one URL, so the merged settings are kept per (url, verify, cert)."""
+    to one URL, so the merged settings are kept per (url, stream, verify, cert)."""
     if any(os.environ.get(name) for name in _CREDENTIAL_PROVIDERS):
         return None
     import requests
