@@ -259,14 +259,11 @@ def finish(rs: RequestSpan, outcome: Outcome, tail: UsageTail | None) -> None:
 
 def _response_model(tail: UsageTail) -> str | None:
     """The `model` the answer names first (a chunk, or the JSON answer's field)."""
-    for chunk in tail.head[:4]:
-        model = _model_in(chunk)
-        if model is not None:
-            return model
-    return None
+    start = tail.start()
+    return None if start is None else _model_in(start)
 
 
-def _model_in(data: bytes) -> str | None:
+def _model_in(data: bytes | bytearray) -> str | None:
     """The first `"model": "..."` value in `data`. Compact JSON, as servers
     send it, is read with two finds: the regular expression alone was a
     tenth of a traced request's own cost (callgrind)."""

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .upstream import UpstreamError
+from .usage import TRIM_AT, UsageTail
 
 if TYPE_CHECKING:
     from aiohttp.base_protocol import BaseProtocol
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from ..snapshot import ProviderRuntime
     from .relay import Exchange
     from .upstream import Connection, Response
-    from .usage import UsageTail
 
 log = logging.getLogger("gateway.forwarder")
 
@@ -96,16 +96,23 @@ class Pipe:
         carry no meaning; the bytes are the same. `write=False`: only the
         counting and the look (pipe_body's held first bytes, which aiohttp
         writes with the head). One method, not two: a call per chunk less."""
-        n = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        n = len(data)
         if not self.nbytes:
             self.first = perf_counter()
         self.nbytes += n
-        if self.sniff is not None:
-            self._sniff(pieces)
+        sniff = self.sniff
+        if sniff is not None and sniff(data):
+            self.sniff = None
         tail = self.tail
-        if tail is not None:  # the usage side copy keeps references, no bytes copied
-            for data in pieces:
+        if tail is not None:
+            buf = tail.buf
+            if buf is None:
                 tail.feed(data)
+            else:  # UsageTail.feed()'s usual case, written out (see UsageTail.buf)
+                buf += data
+                if len(buf) >= TRIM_AT:
+                    tail.trim()
         if not write:
             return
         client = self.client
@@ -115,13 +122,13 @@ class Pipe:
         t = self.transport
         try:
             if not self.chunked:
-                t.writelines(pieces)
-            elif n < _CACHED_SIZES and len(pieces) == 1:
-                # One small piece: one bytes object costs less than a
-                # writelines() of three (the copy is a few hundred bytes).
-                t.write(_SIZE_LINES[n] + pieces[0] + b"\r\n")
+                t.write(data)
+            elif n < _CACHED_SIZES:
+                # One bytes object costs less than a writelines() of three
+                # (the copy is a few hundred bytes).
+                t.write(_SIZE_LINES[n] + data + b"\r\n")
             else:
-                t.writelines((b"%x\r\n" % n, *pieces, b"\r\n"))
+                t.writelines((b"%x\r\n" % n, data, b"\r\n"))
         except RuntimeError:  # uvloop, once the transport's handle is closed
             self._client_gone()
             return
@@ -133,12 +140,6 @@ class Pipe:
     def _client_gone(self) -> None:
         self.gone = True
         self.conn.stop_reading()  # the relay coroutine drops the upstream
-
-    def _sniff(self, pieces: list[bytes]) -> None:
-        for data in pieces:
-            sniff = self.sniff
-            if sniff is not None and sniff(data):
-                self.sniff = None
 
 
 async def copy_body(

@@ -7,7 +7,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.proxy.usage import HEAD_BYTES, TAIL_BYTES, UsageTail
+from gateway.proxy.body import Pipe
+from gateway.proxy.usage import HEAD_BYTES, TAIL_BYTES, TRIM_AT, UsageTail
 from tests.support import split_awkwardly
 
 FIXTURES = Path("/work/shared/fixtures/sse")
@@ -75,28 +76,94 @@ def padded(data: bytes, size: int) -> bytes:
 
 
 def test_long_streams_keep_head_and_tail():
-    # message_start in the head, message_delta far beyond it: old chunks dropped.
+    # message_start in the head, message_delta far beyond it: old bytes dropped.
     messages = (FIXTURES / "messages-text.sse").read_bytes()
     start, _, rest = messages.partition(b"\n\n")
     long = start + b"\n\n" + padded(rest, 20 * (HEAD_BYTES + TAIL_BYTES))
     tail = UsageTail()
     for chunk in split_awkwardly(long, seed=3, max_piece=300):
         tail.feed(chunk)
-    assert tail.dropped
-    assert tail.tail_size < 2 * TAIL_BYTES + 300
+        assert len(tail.buf or b"") < TRIM_AT  # bounded after every chunk
+    assert tail.head == long[:HEAD_BYTES]
+    assert bytes(tail.buf) == long[-len(tail.buf) :] and len(tail.buf) >= TAIL_BYTES
     assert tail.result() == EXPECTED["messages-text.sse"]
     # A chat stream whose early `usage: null` is long gone still reads its final usage.
     chat = padded((FIXTURES / "openai-usage-null.sse").read_bytes(), 50_000)
     assert read(split_awkwardly(chat, max_piece=500)) == EXPECTED["openai-usage-null.sse"]
 
 
-def test_chunks_are_kept_by_reference():
+def test_a_whole_answer_is_kept_by_reference():
     tail = UsageTail()
-    chunk = b"x" * HEAD_BYTES
-    tail.feed(chunk)
-    later = b"y" * 100
+    body = json_answer({"prompt_tokens": 3, "completion_tokens": 4})
+    tail.feed(body)
+    assert tail.first is body and tail.buf is None  # no copy for a JSON answer
+    assert tail.result() == {"prompt": 3, "completion": 4}
+
+
+def test_a_big_first_chunk_is_not_copied_whole():
+    tail = UsageTail()
+    big = b"[" + b"x" * (4 * TRIM_AT) + b"]"
+    tail.feed(big)
+    later = b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}'
     tail.feed(later)
-    assert tail.head[0] is chunk and tail.tail[0] is later
+    assert tail.head == big[:HEAD_BYTES]
+    assert bytes(tail.buf) == big[-TAIL_BYTES:] + later
+    assert tail.result() == {"prompt": 1, "completion": 2}
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def writelines(self, parts) -> None:
+        for part in parts:
+            self.out += part
+
+
+class _Client:  # aiohttp's protocol as Pipe reads it
+    def __init__(self) -> None:
+        self.transport = _Transport()
+        self._paused = False
+
+
+class _Conn:
+    def stop_reading(self) -> None:
+        raise AssertionError("the client is never behind here")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_the_relay_appends_what_feed_would(name):
+    # Pipe.deliver appends to the side copy itself once it has a buffer:
+    # the same counts as feed(), for reads of one piece and of several.
+    data = padded((FIXTURES / name).read_bytes(), 3 * TRIM_AT)
+    if name.startswith("messages"):  # message_start must stay first
+        start, _, rest = (FIXTURES / name).read_bytes().partition(b"\n\n")
+        data = start + b"\n\n" + padded(rest, 3 * TRIM_AT)
+    for seed in range(3):
+        tail, client = UsageTail(), _Client()
+        pipe = Pipe(_Conn(), client, True, tail, None)  # type: ignore[arg-type]
+        pieces = split_awkwardly(data, seed=seed, max_piece=700)
+        per_read = 1 + seed  # reads of one, two and three pieces
+        for i in range(0, len(pieces), per_read):
+            pipe.deliver(pieces[i : i + per_read])
+        assert tail.result() == EXPECTED[name]
+        assert _unchunk(bytes(client.transport.out)) == data
+        assert pipe.nbytes == len(data)
+
+
+def _unchunk(framed: bytes) -> bytes:
+    out, at = bytearray(), 0
+    while at < len(framed):
+        line_end = framed.index(b"\r\n", at)
+        size = int(framed[at:line_end], 16)
+        assert size, "Pipe never writes the last-chunk"
+        out += framed[line_end + 2 : line_end + 2 + size]
+        assert framed[line_end + 2 + size : line_end + 4 + size] == b"\r\n"
+        at = line_end + 4 + size
+    return bytes(out)
 
 
 def json_answer(usage: object, **extra: object) -> bytes:
