@@ -217,6 +217,16 @@ def test_json_answers(usage, expected):
     assert read(split_awkwardly(json_answer(usage, **big), max_piece=1000)) == expected
 
 
+def test_a_json_answer_counts_its_own_usage():
+    # A small answer is parsed whole: its top-level usage counts, not one
+    # nested after it (the search from the end would find that one first).
+    body = orjson.dumps(
+        {"usage": {"prompt_tokens": 3, "completion_tokens": 4}, "meta": {"usage": {"x": 1}}}
+    )
+    assert read([body]) == {"prompt": 3, "completion": 4}
+    assert read([b" " + body]) == {}  # not parsed whole: the newest usage, {"x": 1}
+
+
 def test_pretty_printed_json():
     body = orjson.dumps(
         {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}, option=orjson.OPT_INDENT_2
