@@ -263,7 +263,7 @@ def _response_model(tail: UsageTail) -> str | None:
     return None if start is None else _model_in(start)
 
 
-def _model_in(data: bytes | bytearray) -> str | None:
+def _model_in(data: bytes) -> str | None:
     """The first `"model": "..."` value in `data`. Compact JSON, as servers
     send it, is read with two finds: the regular expression alone was a
     tenth of a traced request's own cost (callgrind)."""

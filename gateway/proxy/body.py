@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .upstream import UpstreamError
-from .usage import TRIM_AT, UsageTail
 
 if TYPE_CHECKING:
     from aiohttp.base_protocol import BaseProtocol
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     from ..snapshot import ProviderRuntime
     from .relay import Exchange
     from .upstream import Connection, Response
+    from .usage import UsageTail
 
 log = logging.getLogger("gateway.forwarder")
 
@@ -106,13 +106,13 @@ class Pipe:
             self.sniff = None
         tail = self.tail
         if tail is not None:
-            buf = tail.buf
-            if buf is None:
+            chunks = tail.chunks
+            if chunks is None:
                 tail.feed(data)
-            else:  # UsageTail.feed()'s usual case, written out (see UsageTail.buf)
-                buf += data
-                if len(buf) >= TRIM_AT:
-                    tail.trim()
+            else:  # UsageTail.feed()'s usual case, written out (see UsageTail.chunks)
+                chunks.append(data)
+                if self.nbytes >= tail.cut_at:  # every byte delivered was fed
+                    tail.cut(self.nbytes)
         if not write:
             return
         client = self.client

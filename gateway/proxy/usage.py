@@ -1,12 +1,10 @@
 """Token usage read from a side copy of an answer, parsed once at its end.
 
-The relay hands every body chunk of a 2xx answer to the side copy, with no
-parsing per chunk. The first chunk is kept by reference (a JSON answer is
-mostly only that); from the second on, the bytes are appended to one
-bytearray, cut down to the newest TAIL_BYTES whenever it reaches TRIM_AT.
-The first cut keeps the first HEAD_BYTES apart (Anthropic's `message_start`
-carries the prompt's tokens there). The newest bytes are where every other
-shape puts its usage: the usage-only final chunk of a chat stream (vLLM,
+The relay hands every body chunk of a 2xx answer to the side copy by
+reference, with no parsing per chunk: an append, and a cut once TRIM_AT
+bytes have piled up, down to the newest TAIL_BYTES. The first cut keeps the
+first HEAD_BYTES apart (Anthropic's `message_start` carries the prompt's
+tokens there). The newest bytes are where every other shape puts its usage: the usage-only final chunk of a chat stream (vLLM,
 OpenAI's `choices: []`), usage on the final `delta: {}` chunk, Responses'
 `response.completed`, Anthropic's `message_delta`, and the end of a JSON
 answer (chat, completions, embeddings, Responses, Messages).
@@ -39,56 +37,62 @@ _SPACE = b" \t\r\n"
 
 
 class UsageTail:
-    """The first and the newest bytes of one answer."""
+    """The first and the newest bytes of one answer, kept by reference."""
 
-    __slots__ = ("buf", "first", "head")
+    __slots__ = ("chunks", "cut_at", "fed", "first", "head")
 
     def __init__(self) -> None:
-        self.first: bytes | None = None  # the first chunk, by reference
-        # From the second chunk on: the body's bytes, the first chunk's
-        # included, cut to the newest TAIL_BYTES at TRIM_AT. Pipe.deliver
-        # appends to it itself: a feed() call per relayed chunk was a third
-        # of the relay's instructions per chunk (callgrind).
-        self.buf: bytearray | None = None
-        # The first HEAD_BYTES, set by the first cut (None: buf is the whole body).
+        self.first: bytes | None = None  # the first chunk
+        # From the second chunk on: the chunks since the last cut, the first
+        # included. Pipe.deliver appends to it itself, and cuts it when its
+        # own count of the body's bytes reaches cut_at: a feed() call per
+        # relayed chunk was a third of the relay's instructions per chunk
+        # (callgrind). A list of references, not a bytearray: growing and
+        # shrinking one cost more in realloc and memmove than it saved (perf).
+        self.chunks: list[bytes] | None = None
+        self.fed = 0  # the body's bytes so far, as feed() counts them
+        self.cut_at = TRIM_AT  # the body's length at which the chunks are cut next
+        # The first HEAD_BYTES, set by the first cut (None: the chunks are the whole body).
         self.head: bytes | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Take the answer's next chunk."""
-        buf = self.buf
-        if buf is None:
+        fed = self.fed = self.fed + len(chunk)
+        chunks = self.chunks
+        if chunks is None:
             first = self.first
             if first is None:
                 self.first = chunk
                 return
-            if len(first) < TRIM_AT:
-                buf = self.buf = bytearray(first)
-            else:  # a big first chunk: only its ends are needed, not a copy of it
-                self.head = first[:HEAD_BYTES]
-                buf = self.buf = bytearray(first[-TAIL_BYTES:])
-        buf += chunk
-        if len(buf) >= TRIM_AT:
-            self.trim()
+            chunks = self.chunks = [first]
+        chunks.append(chunk)
+        if fed >= self.cut_at:
+            self.cut(fed)
 
-    def trim(self) -> None:
-        """Keep the newest TAIL_BYTES, and the first HEAD_BYTES the first time."""
-        buf = self.buf
-        assert buf is not None  # feed() made it
+    def cut(self, length: int) -> None:
+        """Keep the newest TAIL_BYTES of the chunks, and the first HEAD_BYTES
+        the first time; `length` is the body's length so far."""
+        chunks = self.chunks
+        assert chunks is not None  # feed() made it
+        data = b"".join(chunks)
         if self.head is None:
-            self.head = bytes(buf[:HEAD_BYTES])
-        # Deleting from the front moves a bytearray's start, not its bytes;
-        # CPython reallocates it to size once most of it is unused.
-        del buf[:-TAIL_BYTES]
+            self.head = data[:HEAD_BYTES]
+        chunks[:] = (data[-TAIL_BYTES:],)
+        self.cut_at = length + TRIM_AT - TAIL_BYTES
 
-    def start(self) -> bytes | bytearray | None:
+    def _kept(self) -> bytes | None:
+        chunks = self.chunks
+        if chunks is None:
+            return self.first
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def start(self) -> bytes | None:
         """The answer's first bytes: at least HEAD_BYTES of them, if it has as many."""
-        if self.head is not None:
-            return self.head
-        return self.first if self.buf is None else self.buf
+        return self.head if self.head is not None else self._kept()
 
     def result(self) -> dict[str, int]:
         """Token counts by kind (those the upstream reported); {} for unknown."""
-        newest = self.first if self.buf is None else self.buf
+        newest = self._kept()
         if newest is None:
             return {}
         usage = _NOT_A_KEY
@@ -172,7 +176,7 @@ def _valid(n: object) -> bool:
     return type(n) is int and 0 <= n < _MAX_TOKENS
 
 
-def _last_usage(buf: bytes | bytearray) -> object:
+def _last_usage(buf: bytes) -> object:
     """The value of the newest `"usage":` key in `buf`, or None."""
     end = len(buf)
     for _ in range(_MAX_CANDIDATES):
@@ -186,7 +190,7 @@ def _last_usage(buf: bytes | bytearray) -> object:
     return None
 
 
-def _first_usage(buf: bytes | bytearray) -> object:
+def _first_usage(buf: bytes) -> object:
     start = 0
     for _ in range(_MAX_CANDIDATES):
         pos = buf.find(_KEY, start)
@@ -203,7 +207,7 @@ _NOT_A_KEY = object()
 _MAX_NESTING = 8  # `}` looked at before handing over to the general decoder
 
 
-def _after_colon(buf: bytes | bytearray, at: int) -> int:
+def _after_colon(buf: bytes, at: int) -> int:
     """Where the value starts after `"usage"` ending at `at`, spaces around the
     colon skipped; -1 when no colon follows."""
     rest = buf[at : at + _USAGE_SPAN]
@@ -215,7 +219,7 @@ def _after_colon(buf: bytes | bytearray, at: int) -> int:
     return at + len(rest) - len(rest.lstrip(_SPACE))
 
 
-def _value_at(buf: bytes | bytearray, pos: int) -> object:
+def _value_at(buf: bytes, pos: int) -> object:
     """Decode the value after the key at `pos`; None when it does not decode.
 
     A usage object is small and flat or nested once (`*_tokens_details`):

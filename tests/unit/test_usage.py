@@ -83,9 +83,10 @@ def test_long_streams_keep_head_and_tail():
     tail = UsageTail()
     for chunk in split_awkwardly(long, seed=3, max_piece=300):
         tail.feed(chunk)
-        assert len(tail.buf or b"") < TRIM_AT  # bounded after every chunk
+        assert sum(map(len, tail.chunks or ())) < TRIM_AT  # bounded after every chunk
     assert tail.head == long[:HEAD_BYTES]
-    assert bytes(tail.buf) == long[-len(tail.buf) :] and len(tail.buf) >= TAIL_BYTES
+    kept = b"".join(tail.chunks)
+    assert kept == long[-len(kept) :] and len(kept) >= TAIL_BYTES
     assert tail.result() == EXPECTED["messages-text.sse"]
     # A chat stream whose early `usage: null` is long gone still reads its final usage.
     chat = padded((FIXTURES / "openai-usage-null.sse").read_bytes(), 50_000)
@@ -96,18 +97,21 @@ def test_a_whole_answer_is_kept_by_reference():
     tail = UsageTail()
     body = json_answer({"prompt_tokens": 3, "completion_tokens": 4})
     tail.feed(body)
-    assert tail.first is body and tail.buf is None  # no copy for a JSON answer
+    assert tail.first is body and tail.chunks is None
     assert tail.result() == {"prompt": 3, "completion": 4}
 
 
-def test_a_big_first_chunk_is_not_copied_whole():
+def test_chunks_are_kept_by_reference_until_cut():
     tail = UsageTail()
-    big = b"[" + b"x" * (4 * TRIM_AT) + b"]"
-    tail.feed(big)
-    later = b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}'
+    first, later = b"x" * 100, b"y" * 100
+    tail.feed(first)
     tail.feed(later)
-    assert tail.head == big[:HEAD_BYTES]
-    assert bytes(tail.buf) == big[-TAIL_BYTES:] + later
+    assert tail.chunks[0] is first and tail.chunks[1] is later
+    big = b"[" + b"z" * (4 * TRIM_AT) + b"]"
+    tail.feed(big)  # past TRIM_AT: cut to the newest bytes, the head kept apart
+    assert tail.head == (first + later + big)[:HEAD_BYTES]
+    assert tail.chunks == [big[-TAIL_BYTES:]]
+    tail.feed(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}')
     assert tail.result() == {"prompt": 1, "completion": 2}
 
 
@@ -150,6 +154,7 @@ def test_the_relay_appends_what_feed_would(name):
         for i in range(0, len(pieces), per_read):
             pipe.deliver(pieces[i : i + per_read])
         assert tail.result() == EXPECTED[name]
+        assert sum(map(len, tail.chunks)) < TRIM_AT + per_read * 700  # cut as it went
         assert _unchunk(bytes(client.transport.out)) == data
         assert pipe.nbytes == len(data)
 
