@@ -81,10 +81,14 @@ class UsageTail:
         self.cut_at = length + TRIM_AT - TAIL_BYTES
 
     def _kept(self) -> bytes | None:
+        """The bytes kept, as one: joined once, the join kept in their place
+        (result() and, for a traced request, start() both ask)."""
         chunks = self.chunks
         if chunks is None:
             return self.first
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(chunks) > 1:
+            chunks[:] = (b"".join(chunks),)
+        return chunks[0]
 
     def start(self) -> bytes | None:
         """The answer's first bytes: at least HEAD_BYTES of them, if it has as many."""
