@@ -27,6 +27,8 @@ from pathlib import Path
 from benchlib.common import STREAM_BODY, Settings, pct, raw_request, rotate, say
 from benchlib.loadclient import HttpConn, Reply, connect_many, run_async
 from benchlib.machine import cpu_seconds, process_tree
+from benchlib.phase_one import one_at_a_time
+from benchlib.phase_one import rows as one_rows
 from benchlib.processes import (
     Child,
     Procs,
@@ -226,41 +228,6 @@ def ramp(t: Target, req: bytes, levels: list[int], seconds: float) -> dict:
     return out
 
 
-def ttfb_c1(procs: Procs, tmp: Path, s: Settings) -> dict:
-    """Time to first byte of short streams, one at a time, each proxy against
-    the upstream reached directly: nginx shows what a proxy hop costs on
-    this machine (process wake-ups on an otherwise idle VM included)."""
-    up = _upstream(procs, 3, INTERVAL)
-    wait_ready(up)
-    targets = [Target("direct", "direct", up), *start_targets(procs, tmp, up.port)]
-    ttfb: dict[str, list[float]] = {t.key: [] for t in targets}
-
-    async def series(t: Target, n: int) -> None:
-        conns = await connect_many(t.port, 1)
-        try:
-            req = raw_request(t.port, STREAM_BODY)
-            for _ in range(n):
-                reply = await asyncio.wait_for(conns[0].request(req), 10)
-                ttfb[t.key].append(reply.ttfb * 1000)
-        finally:
-            conns[0].close()
-
-    for t in targets:  # warm-up
-        run_async(series(t, 3))
-        ttfb[t.key].clear()
-    for r in range(max(3, s.rounds * 2)):
-        for t in rotate(targets, r):
-            run_async(series(t, 10 if s.quick else 30))
-    direct = statistics.median(ttfb["direct"])
-    return {
-        t.key: {
-            "p50_ms": statistics.median(ttfb[t.key]),
-            "added_p50_ms": statistics.median(ttfb[t.key]) - direct,
-        }
-        for t in targets
-    }
-
-
 def phase_chunks(procs: Procs, tmp: Path, s: Settings) -> dict:
     upstream = _upstream(procs, CHUNKS, INTERVAL)
     wait_ready(upstream)
@@ -295,7 +262,12 @@ def phase_chunks(procs: Procs, tmp: Path, s: Settings) -> dict:
             out[name] = statistics.median(
                 x["cpu_s"] / y["cpu_s"] for x, y in zip(rounds[a], rounds[b], strict=True)
             )
-    out["ttfb_c1"] = ttfb_c1(procs, tmp, s)
+    short = _upstream(procs, 3, INTERVAL)
+    wait_ready(short)
+    proxies = start_targets(procs, tmp, short.port)
+    out["ttfb_c1"] = one_at_a_time(short, proxies, s)
+    for child in (*(t.child for t in proxies), short, *(t.child for t in targets), upstream):
+        procs.stop(child)  # idle processes on the proxies' core skew the ramp
     ramp_up = _upstream(procs, RAMP_CHUNKS, RAMP_INTERVAL)
     wait_ready(ramp_up)
     levels = [25, 100, 200, 400] if s.quick else [25, 100, 200, 300, 400, 600, 800, 1000]
@@ -376,4 +348,5 @@ def rows(res: dict) -> list[Row]:
                 fmt="{:.3f}",
             )
         )
+        out += one_rows(tt)
     return out
