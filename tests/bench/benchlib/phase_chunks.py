@@ -21,10 +21,11 @@ import asyncio
 import hashlib
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from benchlib.common import STREAM_BODY, Settings, pct, raw_request, rotate, say
+from benchlib.common import HERE, STREAM_BODY, Settings, pct, raw_request, rotate, say
 from benchlib.loadclient import HttpConn, Reply, connect_many, run_async
 from benchlib.machine import cpu_seconds, process_tree
 from benchlib.phase_one import one_at_a_time
@@ -95,7 +96,18 @@ def _upstream(procs: Procs, chunks: int, interval: float) -> Child:
     )
 
 
-def start_targets(procs: Procs, tmp: Path, upstream_port: int) -> list[Target]:
+def spawn_floor(procs: Procs, upstream_port: int) -> Child:
+    """floor_relay.py: bytes through as read, no HTTP (what this stack costs
+    before a proxy does anything)."""
+    port = free_port()
+    argv = [sys.executable, str(HERE / "floor_relay.py"), "--port", str(port)]
+    argv += ["--upstream-port", str(upstream_port)]
+    return procs.spawn("floor-relay", argv, port, procs.pin[0] if procs.pin else None)
+
+
+def start_targets(procs: Procs, tmp: Path, upstream_port: int, floor: bool = True) -> list[Target]:
+    """The proxies in front of `upstream_port`: the minimal forwarder, the
+    gateway, nginx when installed and, with `floor`, the floor relay."""
     targets = []
     for kind, label in (("fwd", "minimal fwd"), ("gw", "gateway")):
         child = spawn_kind(kind, procs, tmp, upstream_port)
@@ -107,6 +119,10 @@ def start_targets(procs: Procs, tmp: Path, upstream_port: int) -> list[Target]:
     else:
         wait_ready(nginx)
         targets.append(Target("nginx", "nginx", nginx))
+    if floor:
+        child = spawn_floor(procs, upstream_port)
+        wait_ready(child)  # the upstream's /readyz, through it
+        targets.append(Target("floor", "floor relay", child))
     return targets
 
 
@@ -257,7 +273,12 @@ def phase_chunks(procs: Procs, tmp: Path, s: Settings) -> dict:
         }
     # Per round, the ratios of CPU seconds for the same streams, then their
     # median: the targets are ratios, and drift between rounds cancels.
-    for name, a, b in (("gw_over_nginx", "gw", "nginx"), ("fwd_over_gw", "fwd", "gw")):
+    for name, a, b in (
+        ("gw_over_nginx", "gw", "nginx"),
+        ("fwd_over_gw", "fwd", "gw"),
+        ("floor_over_nginx", "floor", "nginx"),
+        ("gw_over_floor", "gw", "floor"),
+    ):
         if a in rounds and b in rounds:
             out[name] = statistics.median(
                 x["cpu_s"] / y["cpu_s"] for x, y in zip(rounds[a], rounds[b], strict=True)
@@ -272,10 +293,20 @@ def phase_chunks(procs: Procs, tmp: Path, s: Settings) -> dict:
     wait_ready(ramp_up)
     levels = [25, 100, 200, 400] if s.quick else [25, 100, 200, 300, 400, 600, 800, 1000]
     seconds = 3.0 if s.quick else 5.0
-    ramp_targets = start_targets(procs, tmp, ramp_up.port)
+    ramp_targets = start_targets(procs, tmp, ramp_up.port, floor=False)
     for t in ramp_targets:
         out["targets"][t.key]["ramp"] = ramp(t, raw_request(t.port, STREAM_BODY), levels, seconds)
     return out
+
+
+def _floor(res: dict) -> str:
+    floor = res["targets"].get("floor")
+    if floor is None or "floor_over_nginx" not in res:
+        return "n/a"
+    return (
+        f"{floor['cpu_us_per_chunk']:.1f} us, {res['floor_over_nginx']:.2f}x "
+        f"and {res['gw_over_floor']:.2f}x"
+    )
 
 
 def rows(res: dict) -> list[Row]:
@@ -305,6 +336,14 @@ def rows(res: dict) -> list[Row]:
             ratios=False,
         ),
         Row(
+            "chunks: the floor relay (floor_relay.py: bytes as read, no HTTP): CPU us per "
+            "chunk, floor / nginx and gw / floor (median of per-round ratios)",
+            None,
+            None,
+            _floor(res),
+            ratios=False,
+        ),
+        Row(
             "chunks: CPU us per stream request; direct column = nginx",
             get("nginx", "cpu_us_per_stream") or "n/a",
             get("fwd", "cpu_us_per_stream"),
@@ -312,7 +351,8 @@ def rows(res: dict) -> list[Row]:
             fmt="{:.0f}",
         ),
     ]
-    errors = sum(x["errors"] + x["bytes_differ"] for x in t.values())
+    # The proxies' (the floor relay's bytes are the upstream's by construction).
+    errors = sum(x["errors"] + x["bytes_differ"] for k, x in t.items() if k != "floor")
     out.append(
         Row(
             "chunks: errors or differing bytes (all)",

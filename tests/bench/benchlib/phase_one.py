@@ -113,4 +113,13 @@ def rows(tt: dict) -> list[Row]:
             fmt="{:.2f}x",
             ratios=False,
         ),
+        Row(
+            "chunks: the floor relay at c=1: added TTFB ms, CPU per stream alone / among fifty",
+            None,
+            None,
+            "n/a"
+            if "floor" not in tt
+            else f"{tt['floor']['added_p50_ms']:.3f} ms, {cold_ratio(tt['floor']):.2f}x",
+            ratios=False,
+        ),
     ]
