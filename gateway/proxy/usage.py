@@ -4,7 +4,10 @@ The relay hands every body chunk of a 2xx answer to the side copy by
 reference, with no parsing per chunk: an append, and a cut once TRIM_AT
 bytes have piled up, down to the newest TAIL_BYTES. The first cut keeps the
 first HEAD_BYTES apart (Anthropic's `message_start` carries the prompt's
-tokens there). The newest bytes are where every other shape puts its usage: the usage-only final chunk of a chat stream (vLLM,
+tokens there), or, when they hold no usage object, only as far as the
+first model name (tracing's response model): a few hundred bytes of a chat
+stream, not 4 KiB per stream in flight. The newest bytes are where every
+other shape puts its usage: the usage-only final chunk of a chat stream (vLLM,
 OpenAI's `choices: []`), usage on the final `delta: {}` chunk, Responses'
 `response.completed`, Anthropic's `message_delta`, and the end of a JSON
 answer (chat, completions, embeddings, Responses, Messages).
@@ -21,6 +24,9 @@ from json import JSONDecoder
 import orjson
 
 HEAD_BYTES = 4096  # `message_start` comes first and is small
+# Kept of the head past a `"model"` key without a usage object before it:
+# the key, its colon and spaces, and a name of up to 256 bytes (tracing.py).
+_MODEL_ROOM = 300
 # The newest bytes kept: a usage event and what follows it are a few hundred
 # bytes, and up to TRIM_AT is held for every stream in flight.
 TAIL_BYTES = 4096
@@ -76,7 +82,7 @@ class UsageTail:
         assert chunks is not None  # feed() made it
         data = b"".join(chunks)
         if self.head is None:
-            self.head = data[:HEAD_BYTES]
+            self.head = _needed(data[:HEAD_BYTES])
         chunks[:] = (data[-TAIL_BYTES:],)
         self.cut_at = length + TRIM_AT - TAIL_BYTES
 
@@ -91,7 +97,7 @@ class UsageTail:
         return chunks[0]
 
     def start(self) -> bytes | None:
-        """The answer's first bytes: at least HEAD_BYTES of them, if it has as many."""
+        """The answer's first bytes, as far as their readers need them (cut())."""
         return self.head if self.head is not None else self._kept()
 
     def result(self) -> dict[str, int]:
@@ -120,6 +126,17 @@ class UsageTail:
             if isinstance(start, dict):
                 usage = {**start, "output_tokens": usage["output_tokens"]}
         return counts(usage)
+
+
+def _needed(head: bytes) -> bytes:
+    """What is read later of an answer's first bytes: all of them when they
+    hold a usage object (Anthropic's `message_start`: the prompt's tokens),
+    else up to the first model name, and nothing without one. Once per
+    answer longer than TRIM_AT; 5,000 streams kept 4 KiB each before."""
+    if type(_first_usage(head)) is dict:
+        return head
+    i = head.find(b'"model"')
+    return b"" if i < 0 else head[: i + _MODEL_ROOM]
 
 
 def counts(usage: dict) -> dict[str, int]:

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.proxy.body import Pipe
 from gateway.proxy.usage import HEAD_BYTES, TAIL_BYTES, TRIM_AT, UsageTail
+from gateway.tracing import _model_in
 from tests.support import split_awkwardly
 
 FIXTURES = Path("/work/shared/fixtures/sse")
@@ -108,11 +109,35 @@ def test_chunks_are_kept_by_reference_until_cut():
     tail.feed(later)
     assert tail.chunks[0] is first and tail.chunks[1] is later
     big = b"[" + b"z" * (4 * TRIM_AT) + b"]"
-    tail.feed(big)  # past TRIM_AT: cut to the newest bytes, the head kept apart
-    assert tail.head == (first + later + big)[:HEAD_BYTES]
+    tail.feed(big)  # past TRIM_AT: cut to the newest bytes
+    assert tail.head == b"", "no usage object and no model: none of the head is kept"
     assert tail.chunks == [big[-TAIL_BYTES:]]
     tail.feed(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}')
     assert tail.result() == {"prompt": 1, "completion": 2}
+
+
+def test_a_long_chat_stream_keeps_of_its_head_only_the_model():
+    # Kept whole, 4 KiB of every stream in flight were held for nothing.
+    chat = padded((FIXTURES / "openai-usage-null.sse").read_bytes(), 3 * TRIM_AT)
+    first = b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini"}\n\n'
+    tail = UsageTail()
+    for chunk in split_awkwardly(first + chat, seed=2, max_piece=400):
+        tail.feed(chunk)
+    assert tail.head is not None and len(tail.head) < 400
+    assert _model_in(tail.start()) == "gpt-4o-mini"
+    assert tail.result() == EXPECTED["openai-usage-null.sse"]
+
+
+def test_a_head_with_a_usage_object_is_kept_whole():
+    # Anthropic's message_start: the prompt's tokens, read at the end.
+    start = b'event: message_start\ndata: {"type":"message_start","message":{"model":"m",'
+    start += b'"usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
+    data = start + padded(b'data: {"usage":{"output_tokens":9}}\n\n', 3 * TRIM_AT)
+    tail = UsageTail()
+    for chunk in split_awkwardly(data, seed=4, max_piece=500):
+        tail.feed(chunk)
+    assert tail.head == data[:HEAD_BYTES]
+    assert tail.result() == {"prompt": 7, "completion": 9}
 
 
 class _Transport:
