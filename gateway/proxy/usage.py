@@ -24,8 +24,8 @@ from json import JSONDecoder
 import orjson
 
 HEAD_BYTES = 4096  # `message_start` comes first and is small
-# Kept of the head past a `"model"` key without a usage object before it:
-# the key, its colon and spaces, and a name of up to 256 bytes (tracing.py).
+# Of a head that holds no usage object, what is kept past its first `"model"`
+# key: the key, its colon and spaces, and a name of up to 256 bytes (tracing.py).
 _MODEL_ROOM = 300
 # The newest bytes kept: a usage event and what follows it are a few hundred
 # bytes, and up to TRIM_AT is held for every stream in flight.

@@ -1,6 +1,7 @@
 """Bench sub-phase of the chunk phase: one short stream at a time.
 
-Two figures per proxy (the gateway, the minimal forwarder, nginx):
+Two figures per proxy (the gateway, the minimal forwarder, nginx, and the
+floor relay of the same phase):
 
 - the time to first byte a proxy hop adds at c=1, against the upstream
   reached directly (the issue's "added TTFB on streams" target);
