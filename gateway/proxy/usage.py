@@ -58,7 +58,8 @@ class UsageTail:
         self.chunks: list[bytes] | None = None
         self.fed = 0  # the body's bytes so far, as feed() counts them
         self.cut_at = TRIM_AT  # the body's length at which the chunks are cut next
-        # The first HEAD_BYTES, set by the first cut (None: the chunks are the whole body).
+        # What is read later of the first HEAD_BYTES (_needed), set by the
+        # first cut (None: the chunks are the whole body).
         self.head: bytes | None = None
 
     def feed(self, chunk: bytes) -> None:
@@ -76,8 +77,8 @@ class UsageTail:
             self.cut(fed)
 
     def cut(self, length: int) -> None:
-        """Keep the newest TAIL_BYTES of the chunks, and the first HEAD_BYTES
-        the first time; `length` is the body's length so far."""
+        """Keep the newest TAIL_BYTES of the chunks, and the first time what
+        is needed of the first HEAD_BYTES; `length` is the body's length so far."""
         chunks = self.chunks
         assert chunks is not None  # feed() made it
         data = b"".join(chunks)

@@ -70,11 +70,12 @@ def one_at_a_time(up: Child, targets: list[Target], s: Settings) -> dict:
             c = cpu[t.key]
             c["c1"] += _series(t, n, 1, ttfb[t.key])
             c["c1_n"] += n
-            c["busy"] += _series(t, BUSY_EACH, WARM_STREAMS, [])
-            c["busy_n"] += BUSY_EACH * WARM_STREAMS
+            if t.key != "direct":  # the upstream's own CPU is not counted
+                c["busy"] += _series(t, BUSY_EACH, WARM_STREAMS, [])
+                c["busy_n"] += BUSY_EACH * WARM_STREAMS
     direct = statistics.median(ttfb["direct"])
-    out = {}
-    for t in targets:
+    out: dict[str, dict] = {"direct": {"p50_ms": direct, "added_p50_ms": 0.0}}
+    for t in targets[1:]:
         c = cpu[t.key]
         out[t.key] = {
             "p50_ms": statistics.median(ttfb[t.key]),
